@@ -1,0 +1,322 @@
+"""The blocking-style face of one client: ``lines()``, ``chunks()``, ``send()``, ``close()``.
+
+A handler reads as if the socket were blocking; underneath, a read that would block parks
+the client's greenlet on the event loop.  ``send()`` never blocks: it appends to the
+client's outbox, and the server writes every outbox once per loop turn, one system call
+for many messages.  Only when a socket will not take all its output does a writer greenlet
+exist for that client, and only until the outbox is empty.  The outbox is bounded, which
+is where slow consumers are caught.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from gserver.protocol.framing import LineFramer
+from gserver.protocol.text import decode
+
+if TYPE_CHECKING:
+    from gserver.registry import Registry
+    from gserver.server import Server
+
+RECV_SIZE = 65536
+# After the last byte is sent, wait this long for the client to close its side, reading and
+# discarding what it still sends, so that unread input does not turn our FIN into a reset
+# that could destroy the final reply on its way.
+LINGER_SECONDS = 2.0
+SEND_CHUNK = 256 * 1024
+
+
+class _Wakeup(Exception):
+    """Thrown into a greenlet parked on a read, so that it notices the connection closing."""
+
+
+_WAKEUP = _Wakeup()
+
+
+def format_peer(address: Any) -> str:
+    """``host:port`` for IPv4 (IPv4-mapped IPv6 included), ``[host]:port`` for IPv6."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), address[1]
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address) or "unix"
+
+
+class Connection:
+    """One connected client, as a handler sees it."""
+
+    __slots__ = (
+        "__weakref__",
+        "_finished",
+        "_flush_scheduled",
+        "_hub",
+        "_outbox",
+        "_queued",
+        "_raw",
+        "_read_event",
+        "_sock",
+        "_tls",
+        "_write_event",
+        "_writer",
+        "address",
+        "bytes_in",
+        "bytes_out",
+        "close_reason",
+        "closing",
+        "connected_at",
+        "last_read",
+        "last_write_progress",
+        "log",
+        "peer",
+        "server",
+    )
+
+    def __init__(self, server: Server, sock: Any, address: Any, log: Any) -> None:
+        self.server = server
+        self.address = address
+        self.peer = format_peer(address)
+        self.log = log.bind(client=self.peer)
+        self._sock = sock
+        self._tls = not hasattr(sock, "_sock") or hasattr(sock, "_sslobj")
+        self._raw = None if self._tls else sock._sock
+        self._hub = sock.hub
+        self._read_event = sock._read_event
+        self._write_event = sock._write_event
+        self._outbox: list[bytes] = []
+        self._queued = 0
+        self._flush_scheduled = False
+        self._writer: gevent.Greenlet | None = None
+        self._finished = False
+        self.closing = False
+        self.close_reason: str | None = None
+        now = self._hub.loop.now()
+        self.connected_at = time.monotonic()
+        self.last_read = now
+        self.last_write_progress = now
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- what a handler uses ------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        """Everyone connected to this server: ``conn.registry.broadcast("hello")``."""
+        return self.server.registry
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes sent by the handler that the client's socket has not taken yet."""
+        return self._queued
+
+    def bind(self, **context: Any) -> None:
+        """Add context (a chat name, say) to every later log line of this client."""
+        self.log = self.log.bind(**context)
+
+    def chunks(self) -> Iterator[bytes]:
+        """Bytes as they arrive, until the client goes or the connection is closed."""
+        while True:
+            data = self._receive()
+            if not data:
+                return
+            yield data
+
+    def lines(self) -> Iterator[str]:
+        """Lines as text (invalid UTF-8 shows as U+FFFD), without their line ending.
+
+        However TCP splits or merges them, each line comes out whole.  A line longer than
+        ``max_line_bytes`` is answered with an error and skipped; the connection goes on.
+        At end of stream a last line without a newline still counts.
+        """
+        limit = self.server.settings.max_line_bytes
+        framer = LineFramer(limit)
+        for chunk in self.chunks():
+            for frame in framer.feed(chunk):
+                if self.closing:
+                    return
+                if not isinstance(frame, bytes):  # LINE_TOO_LONG
+                    self.log.info("line_too_long", max_line_bytes=limit)
+                    self.send(f"Error: line too long (max {limit} bytes)\n")
+                    continue
+                line = decode(frame)
+                self.log.debug("line", text=line)
+                yield line
+        rest = framer.flush()
+        if rest and self.close_reason == "closed by client":
+            yield decode(rest)
+
+    def send(self, data: str | bytes) -> None:
+        """Queue ``data`` for the client; never blocks.  Ignored once the connection closes."""
+        if self.closing:
+            return
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        self._outbox.append(data)
+        self._queued += len(data)
+        if self._queued > self.server.settings.max_output_bytes:
+            self.server.stats.slow_consumers += 1
+            self.abort("slow consumer", queued_bytes=self._queued)
+            return
+        if not self._flush_scheduled and self._writer is None:
+            self._flush_scheduled = True
+            self.server.schedule_flush(self)
+
+    def close(self, reason: str = "closed by server") -> None:
+        """Stop reading; what was sent before still goes out, then the connection closes."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        self._hub.cancel_wait(self._read_event, _WAKEUP)
+
+    def abort(self, reason: str, **details: Any) -> None:
+        """Close at once, dropping queued output (a broken or hopelessly slow client)."""
+        if self.close_reason is None or not self.closing:
+            self.close_reason = reason
+        if reason == "slow consumer":
+            self.log.warning("slow_consumer", **details)
+        self.closing = True
+        self._outbox.clear()
+        self._queued = 0
+        self._sock.close()  # wakes any greenlet parked on this socket with an error
+
+    def writer_stalled(self, now: float, write_timeout: float) -> bool:
+        """True when output has waited ``write_timeout`` seconds without any progress."""
+        return (
+            write_timeout > 0
+            and self._writer is not None
+            and now - self.last_write_progress >= write_timeout
+        )
+
+    @property
+    def idle_seconds(self) -> float:
+        return float(self._hub.loop.now() - self.last_read)
+
+    # -- the server's side ----------------------------------------------------------------
+
+    def _receive(self) -> bytes:
+        data: bytes
+        while not self.closing:
+            try:
+                if self._raw is not None:
+                    data = self._raw.recv(RECV_SIZE)
+                else:
+                    data = self._sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                with contextlib.suppress(_Wakeup):
+                    self._hub.wait(self._read_event)
+                continue
+            except _Wakeup:
+                continue
+            except OSError as exc:
+                self._lost(exc)
+                return b""
+            if not data:
+                if self.close_reason is None:
+                    self.close_reason = "closed by client"
+                return b""
+            self.last_read = self._hub.loop.now()
+            self.bytes_in += len(data)
+            return data
+        return b""
+
+    def _lost(self, exc: OSError) -> None:
+        if self.close_reason is None:
+            self.close_reason = "reset by client" if isinstance(exc, ConnectionError) else "error"
+            if not isinstance(exc, ConnectionError):
+                self.log.info("socket_error", error=str(exc))
+        self.closing = True
+
+    def flush_without_waiting(self) -> None:
+        """Write what the socket takes now; start a writer for the rest (loop callback)."""
+        self._flush_scheduled = False
+        if self._writer is not None or not self._outbox or self._finished:
+            return
+        if self._raw is not None and self._write_available():
+            return
+        self._writer = gevent.spawn(self._drain)
+
+    def _write_available(self) -> bool:
+        """Send the outbox without blocking; True if it all went."""
+        outbox = self._outbox
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        try:
+            sent = self._raw.send(data) if self._raw is not None else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._lost(exc)
+            self._queued = 0
+            return True
+        self._queued -= sent
+        self.bytes_out += sent
+        if sent == len(data):
+            return True
+        outbox.append(data[sent:])
+        self.last_write_progress = self._hub.loop.now()
+        return False
+
+    def _drain(self) -> None:
+        """Writer greenlet: wait until the socket takes the whole outbox."""
+        try:
+            self.last_write_progress = self._hub.loop.now()
+            while self._outbox and not self._sock.closed:
+                if self._raw is not None:
+                    self._hub.wait(self._write_event)
+                    before = self._queued
+                    if self._write_available() or self._queued < before:
+                        self.last_write_progress = self._hub.loop.now()
+                else:
+                    self._send_tls()
+        except OSError as exc:
+            self._lost(exc)
+            self._outbox.clear()
+            self._queued = 0
+        finally:
+            self._writer = None
+
+    def _send_tls(self) -> None:
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        view = memoryview(data)
+        while view:
+            sent = self._sock.send(view[:SEND_CHUNK])
+            view = view[sent:]
+            self._queued -= sent
+            self.bytes_out += sent
+            self.last_write_progress = self._hub.loop.now()
+
+    def finish(self) -> None:
+        """After the handler: deliver what is queued, close gracefully, release the socket."""
+        self.closing = True
+        if self.close_reason is None:
+            self.close_reason = "closed by server"
+        try:
+            if self._writer is not None:
+                self._writer.join()
+            elif self._outbox and not self._sock.closed:
+                self._writer = gevent.getcurrent()
+                self._drain()
+            self._finished = True
+            if not self._sock.closed:
+                self._linger()
+        finally:
+            self._finished = True
+            self._sock.close()
+
+    def _linger(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        with gevent.Timeout(LINGER_SECONDS, False):
+            while self._sock.recv(RECV_SIZE):
+                pass

@@ -1,0 +1,50 @@
+"""structlog, configured once: a console renderer on a terminal, JSON lines everywhere else.
+
+The bound logger filters by level at bind time (``make_filtering_bound_logger``), so a
+disabled ``log.debug(...)`` on the per-message path is a no-op method call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure(
+    log_format: str = "auto", log_level: str = "info", stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the whole process; safe to call again with new settings."""
+    stream = sys.stderr if stream is None else stream
+    if log_format == "auto":
+        log_format = "console" if stream.isatty() else "json"
+    renderer: Any
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[log_level]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    """A logger with ``context`` bound; bind more per client with ``.bind(...)``."""
+    return structlog.get_logger("gserver").bind(**context)

@@ -1,0 +1,24 @@
+"""Seed section 4: a chat room with names and commands (the rules are in protocol/chat.py)."""
+
+from __future__ import annotations
+
+from gserver.connection import Connection
+from gserver.protocol.chat import ChatSession, State
+
+
+def handle(conn: Connection) -> None:
+    session = ChatSession(conn.registry.room, conn)
+    session.start()
+    logged_name: str | None = None
+    try:
+        for line in conn.lines():
+            session.receive(line)
+            if session.state is State.CLOSED:
+                break
+            if session.name != logged_name:
+                logged_name = session.name
+                conn.bind(name=logged_name)
+                conn.log.info("chat_name", name=logged_name)
+    finally:
+        # During a server shutdown everyone is told "Server shutting down" instead.
+        session.end(announce=not conn.server.stopping)

@@ -1,0 +1,17 @@
+"""Seed section 3: a count of clients online, then a timestamped echo of each line.
+
+The periodic uptime broadcast that goes with it is started by ``ticker``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from gserver.connection import Connection
+from gserver.protocol.text import echo_reply
+
+
+def handle(conn: Connection) -> None:
+    conn.send(f"Welcome! Currently {len(conn.registry)} clients online\n")
+    for line in conn.lines():
+        conn.send(echo_reply(line, datetime.now(UTC)))

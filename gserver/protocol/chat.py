@@ -1,0 +1,195 @@
+"""The chat state machine: name negotiation, then commands and messages.
+
+A :class:`ChatSession` is one client's side of the conversation.  It knows no sockets:
+it talks to its client through a :class:`Member` (anything with ``send`` and ``close``)
+and to everyone else through a :class:`Room`, which decides who holds which name and
+delivers text.  The server's room delivers to connections; tests use a room in memory.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable
+from enum import Enum
+from typing import Protocol
+
+from gserver.protocol.text import sanitize
+
+PROMPT = "Enter your username: "
+MAX_NAME_CHARS = 32
+INVALID_NAME = "Invalid username (1-32 printable characters, no spaces)"
+HELP = (
+    "Commands:\n"
+    "/users - View user list\n"
+    "/help - Show help\n"
+    "/quit - Exit chat\n"
+    "/msg NAME TEXT - Send TEXT to NAME alone\n"
+    "/me ACTION - Tell everyone what you are doing\n"
+    "/nick NAME - Change your name\n"
+)
+UNKNOWN_COMMAND = "Unknown command. Type /help for help\n"
+
+
+class Member(Protocol):
+    """One client as the room sees it."""
+
+    def send(self, data: str | bytes) -> None: ...
+
+    def close(self, reason: str) -> None: ...
+
+
+class Room(Protocol):
+    """Who is in the chat, under which names, and delivery to them."""
+
+    def join(self, member: Member, name: str) -> bool:
+        """Give ``member`` the name unless someone holds it (see :func:`name_key`)."""
+        ...
+
+    def rename(self, member: Member, new_name: str) -> bool: ...
+
+    def leave(self, member: Member) -> None: ...
+
+    def names(self) -> list[str]:
+        """Names of everyone in the chat, in the order they joined."""
+        ...
+
+    def publish(self, text: str, exclude: Member | None = None) -> None:
+        """Deliver ``text`` to every member with a name, except ``exclude``."""
+        ...
+
+    def send_to(self, name: str, text: str) -> str | None:
+        """Deliver ``text`` to the holder of ``name``; return their name, or None if absent."""
+        ...
+
+
+def name_key(name: str) -> str:
+    """The form in which two names count as the same: NFKC-normalised and casefolded."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def name_is_valid(name: str) -> bool:
+    return (
+        0 < len(name) <= MAX_NAME_CHARS
+        and name.isprintable()
+        and not any(char.isspace() for char in name)
+        and not name.startswith("/")
+    )
+
+
+class State(Enum):
+    AWAITING_NAME = "awaiting_name"
+    CHATTING = "chatting"
+    CLOSED = "closed"
+
+
+class ChatSession:
+    """One client's conversation: feed it lines with :meth:`receive`."""
+
+    def __init__(self, room: Room, member: Member) -> None:
+        self.room = room
+        self.member = member
+        self.name: str | None = None
+        self.state = State.AWAITING_NAME
+        self._commands: dict[str, Callable[[str], None]] = {
+            "/users": self._users,
+            "/help": self._help,
+            "/quit": self._quit,
+            "/msg": self._msg,
+            "/me": self._me,
+            "/nick": self._nick,
+        }
+
+    def start(self) -> None:
+        self.member.send(PROMPT)
+
+    def receive(self, line: str) -> None:
+        """Act on one line from the client (without its line ending)."""
+        if self.state is State.CLOSED:
+            return
+        line = line.strip()
+        if self.state is State.AWAITING_NAME:
+            self._choose_name(line)
+            return
+        if not line:
+            return
+        if line.startswith("/"):
+            command, _, argument = line.partition(" ")
+            action = self._commands.get(command)
+            if action is None:
+                self.member.send(UNKNOWN_COMMAND)
+            else:
+                action(argument.strip())
+            return
+        text = sanitize(line)
+        if text:
+            self.room.publish(f"[{self.name}]: {text}\n")
+
+    def end(self, announce: bool = True) -> None:
+        """The client has gone, for whatever reason: leave the room exactly once."""
+        if self.state is State.CLOSED:
+            return
+        was_named = self.state is State.CHATTING
+        self.state = State.CLOSED
+        if was_named:
+            self.room.leave(self.member)
+            if announce:
+                self.room.publish(f"{self.name} left the chat\n", exclude=self.member)
+
+    def _choose_name(self, name: str) -> None:
+        if not name:
+            self.member.send(PROMPT)
+        elif name == "/quit":
+            self._quit("")
+        elif not name_is_valid(name):
+            self.member.send(f"{INVALID_NAME}, try again: ")
+        elif not self.room.join(self.member, name):
+            self.member.send(f"Username {name} is taken, choose another: ")
+        else:
+            self.name = name
+            self.state = State.CHATTING
+            self.member.send(f"Welcome {name}!\n")
+            self.room.publish(f"{name} joined the chat\n", exclude=self.member)
+
+    def _users(self, _argument: str) -> None:
+        self.member.send(f"Online users: {', '.join(self.room.names())}\n")
+
+    def _help(self, _argument: str) -> None:
+        self.member.send(HELP)
+
+    def _quit(self, _argument: str) -> None:
+        self.end()
+        self.member.close("quit")
+
+    def _msg(self, argument: str) -> None:
+        target, _, text = argument.partition(" ")
+        text = sanitize(text.strip())
+        if not target or not text:
+            self.member.send("Usage: /msg NAME TEXT\n")
+            return
+        delivered_to = self.room.send_to(target, f"[{self.name} -> you]: {text}\n")
+        if delivered_to is None:
+            self.member.send(f"No such user: {sanitize(target)}\n")
+        else:
+            self.member.send(f"[you -> {delivered_to}]: {text}\n")
+
+    def _me(self, argument: str) -> None:
+        action = sanitize(argument)
+        if not action:
+            self.member.send("Usage: /me ACTION\n")
+            return
+        self.room.publish(f"* {self.name} {action}\n")
+
+    def _nick(self, new_name: str) -> None:
+        old_name = self.name
+        if not new_name:
+            self.member.send("Usage: /nick NAME\n")
+        elif not name_is_valid(new_name):
+            self.member.send(f"{INVALID_NAME}\n")
+        elif new_name == old_name:
+            self.member.send(f"You are already known as {new_name}\n")
+        elif not self.room.rename(self.member, new_name):
+            self.member.send(f"Username {new_name} is taken\n")
+        else:
+            self.name = new_name
+            self.member.send(f"You are now known as {new_name}\n")
+            self.room.publish(f"{old_name} is now known as {new_name}\n", exclude=self.member)

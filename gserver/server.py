@@ -1,0 +1,355 @@
+"""The server: listening socket, admission, one greenlet per client, and the lifecycle.
+
+``gevent.server.StreamServer`` accepts and spawns a greenlet per connection into a gevent
+``Group`` (so that shutdown can wait for them).  Admission is our own policy, decided in the
+accept callback: a client beyond ``max_clients`` is accepted, told ``Server full`` and
+closed, instead of being left unanswered in the kernel backlog as a full ``Pool`` would.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Group
+from gevent.server import StreamServer
+
+from gserver.connection import Connection, format_peer
+from gserver.logs import get_logger
+from gserver.registry import Registry
+from gserver.settings import Settings
+
+Handler = Callable[[Connection], None]
+# Descriptors kept free of clients: the listener, standard streams, log files, and one to
+# accept a client only to tell it that the server is full.
+SPARE_DESCRIPTORS = 32
+SERVER_FULL = b"Server full, try again later\n"
+SHUTTING_DOWN = "Server shutting down\n"
+
+
+class StartError(Exception):
+    """The server cannot start (port in use, address not available...)."""
+
+
+@dataclass
+class Stats:
+    """Counters an operator (and the tests) can read."""
+
+    connections_total: int = 0
+    refused_full: int = 0
+    refused_per_ip: int = 0
+    slow_consumers: int = 0
+    idle_timeouts: int = 0
+    handler_errors: int = 0
+
+
+def open_listener(host: str, port: int, backlog: int) -> socket.socket:
+    """A bound, listening, non-blocking socket; ``::`` serves IPv6 and IPv4 alike."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host in ("::", "::0"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartError(f"port {port} is already in use on {host}") from None
+        raise StartError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def raise_open_file_limit(wanted_clients: int, log: Any) -> int:
+    """Raise the soft descriptor limit to the hard one; return how many clients fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    room = soft - SPARE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and wanted_clients > room:
+        fitting = max(1, room)
+        log.warning(
+            "max_clients_lowered",
+            max_clients=wanted_clients,
+            lowered_to=fitting,
+            open_file_limit=soft,
+        )
+        return fitting
+    return wanted_clients
+
+
+class _Acceptor(StreamServer):  # type: ignore[misc]
+    """gevent's StreamServer, with gserver's admission policy before each spawn."""
+
+    def __init__(self, listener: socket.socket, server: Server) -> None:
+        super().__init__(listener, spawn=server.handlers.spawn)
+        self.gserver = server
+
+    def do_handle(self, client: Any, address: Any) -> None:
+        if self.gserver.admit(client, address):
+            super().do_handle(client, address)
+
+    def handle(self, client: Any, address: Any) -> None:
+        self.gserver.serve_client(client, address)
+
+
+class Server:
+    """A TCP server that runs ``handler(connection)`` in its own greenlet per client.
+
+    >>> Server(my_handler, Settings(port=9000)).serve_forever()
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: Settings | None = None,
+        on_start: Callable[[Server], None] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.settings = settings or Settings()
+        self.on_start = on_start
+        self.registry = Registry()
+        self.stats = Stats()
+        self.log = get_logger()
+        self.handlers = Group()
+        self.stopping = False
+        self.max_clients = self.settings.max_clients
+        self.started_at = time.monotonic()
+        self._live: dict[Connection, None] = {}
+        self._per_ip: dict[str, int] = {}
+        self._pending_flush: list[Connection] = []
+        self._acceptor: _Acceptor | None = None
+        self._listener: socket.socket | None = None
+        self._background: list[gevent.Greenlet] = []
+        self._stopped = Event()
+        self._interrupts = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually listened on; the port is real even when 0 was asked."""
+        if self._listener is None:
+            raise RuntimeError("the server has not started")
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def start(self, listener: socket.socket | None = None) -> None:
+        """Listen and start serving in the background; returns at once."""
+        s = self.settings
+        self.max_clients = raise_open_file_limit(s.max_clients, self.log)
+        self._listener = listener or open_listener(s.host, s.port, s.backlog)
+        self._acceptor = _Acceptor(self._listener, self)
+        self._acceptor.start()
+        self._background.append(gevent.spawn(self._sweep))
+        if self.on_start is not None:
+            self.on_start(self)
+        host, port = self.address
+        self.log.info(
+            "listening",
+            host=host,
+            port=port,
+            mode=s.handler or s.mode,
+            pid=os.getpid(),
+            max_clients=self.max_clients,
+            idle_timeout=s.effective_idle_timeout,
+        )
+
+    def spawn_background(self, function: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+        """Run ``function`` in a greenlet that lives as long as the server."""
+        greenlet = gevent.spawn(function, *args)
+        self._background.append(greenlet)
+        return greenlet
+
+    def serve_forever(self) -> int:
+        """Start, serve until SIGTERM or SIGINT, stop gracefully; return the exit status."""
+        if self._acceptor is None:
+            self.start()
+        self.install_signal_handlers()
+        self._stopped.wait()
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        gevent.signal_handler(signal.SIGTERM, self._on_terminate)
+        gevent.signal_handler(signal.SIGINT, self._on_interrupt)
+        gevent.signal_handler(signal.SIGQUIT, self._exit_now, "SIGQUIT")
+
+    def _on_terminate(self) -> None:
+        # Process managers signal whole groups, so a repeated SIGTERM must change nothing.
+        if not self.stopping:
+            gevent.spawn(self.stop, "SIGTERM")
+
+    def _on_interrupt(self) -> None:
+        self._interrupts += 1
+        if self._interrupts > 1:
+            self._exit_now("second SIGINT")
+        elif not self.stopping:
+            gevent.spawn(self.stop, "SIGINT")
+
+    def _exit_now(self, why: str) -> None:
+        self.log.warning("exit_now", signal=why, clients=len(self._live))
+        os._exit(1)
+
+    def stop(self, why: str = "stop") -> None:
+        """Graceful stop: no new clients, tell everyone, let output flush, close all."""
+        if self.stopping:
+            self._stopped.wait()
+            return
+        self.stopping = True
+        grace = self.settings.shutdown_grace
+        self.log.info("shutting_down", signal=why, clients=len(self._live), grace=grace)
+        if self._acceptor is not None:
+            self._acceptor.close()
+        for greenlet in self._background:
+            greenlet.kill(block=False)
+        for conn in list(self._live):
+            conn.send(SHUTTING_DOWN)
+            conn.close("server shutdown")
+        self._flush_pending()
+        self.handlers.join(timeout=grace)
+        unfinished = len(self._live)
+        for conn in list(self._live):
+            conn.abort("server shutdown")
+        self.handlers.kill(timeout=1)
+        self.log.info("stopped", unfinished_at_grace_end=unfinished)
+        self._stopped.set()
+
+    # -- clients --------------------------------------------------------------------------
+
+    def admit(self, client: Any, address: Any) -> bool:
+        """Decide, in the accept callback, whether a new client gets a greenlet."""
+        ip = format_peer(address).rpartition(":")[0]
+        per_ip_limit = self.settings.max_clients_per_ip
+        if self.stopping:
+            reason = "stopping"
+        elif len(self._live) >= self.max_clients:
+            self.stats.refused_full += 1
+            reason = "max_clients"
+        elif per_ip_limit and self._per_ip.get(ip, 0) >= per_ip_limit:
+            self.stats.refused_per_ip += 1
+            reason = "max_clients_per_ip"
+        else:
+            return True
+        self.log.info("refused", client=format_peer(address), reason=reason)
+        try:
+            if reason != "stopping":
+                client._sock.send(SERVER_FULL)
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        client.close()
+        return False
+
+    def serve_client(self, sock: Any, address: Any) -> None:
+        """The greenlet of one client: set up, run the handler, clean up whatever happens."""
+        self._tune(sock)
+        conn = Connection(self, sock, address, self.log)
+        ip = conn.peer.rpartition(":")[0]
+        self._live[conn] = None
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self.registry.add(conn)
+        self.stats.connections_total += 1
+        conn.log.info("connect")
+        try:
+            self.handler(conn)
+        except Exception:
+            self.stats.handler_errors += 1
+            conn.close_reason = conn.close_reason or "handler error"
+            conn.log.exception("handler_error")
+        finally:
+            self.registry.remove(conn)
+            try:
+                conn.finish()
+            finally:
+                del self._live[conn]
+                left = self._per_ip[ip] - 1
+                if left:
+                    self._per_ip[ip] = left
+                else:
+                    del self._per_ip[ip]
+                conn.log.info(
+                    "disconnect",
+                    reason=conn.close_reason,
+                    duration=round(time.monotonic() - conn.connected_at, 3),
+                    bytes_in=conn.bytes_in,
+                    bytes_out=conn.bytes_out,
+                )
+
+    def _tune(self, sock: Any) -> None:
+        try:
+            # Replies are written whole, once per loop turn: never wait for Nagle.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keepalive = self.settings.keepalive
+            if keepalive > 0:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    idle = max(1, int(keepalive))
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, min(idle, 10))
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+        except OSError:
+            pass  # the client may already be gone; the handler will find out
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Every client being served, including those still finishing."""
+        return list(self._live)
+
+    # -- output ---------------------------------------------------------------------------
+
+    def schedule_flush(self, conn: Connection) -> None:
+        """Write ``conn``'s outbox at the end of this loop turn (with everyone else's)."""
+        if not self._pending_flush:
+            gevent.get_hub().loop.run_callback(self._flush_pending)
+        self._pending_flush.append(conn)
+
+    def _flush_pending(self) -> None:
+        pending, self._pending_flush = self._pending_flush, []
+        for conn in pending:
+            conn.flush_without_waiting()
+
+    # -- timeouts -------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """One greenlet watches every client's idle time and write progress."""
+        s = self.settings
+        idle_timeout = s.effective_idle_timeout
+        limits = [t for t in (idle_timeout, s.write_timeout) if t > 0]
+        interval = min([1.0, *(t / 4 for t in limits)])
+        interval = max(interval, 0.05)
+        loop = gevent.get_hub().loop
+        while True:
+            gevent.sleep(interval)
+            now = loop.now()
+            for conn in list(self._live):
+                if conn.closing:
+                    if conn.writer_stalled(now, s.write_timeout):
+                        conn.abort("slow consumer", stalled_seconds=s.write_timeout)
+                    continue
+                if conn.writer_stalled(now, s.write_timeout):
+                    self.stats.slow_consumers += 1
+                    conn.abort("slow consumer", stalled_seconds=s.write_timeout)
+                elif idle_timeout > 0 and now - conn.last_read >= idle_timeout:
+                    self.stats.idle_timeouts += 1
+                    conn.log.info("idle_timeout", idle_timeout=idle_timeout)
+                    conn.send("Timeout - closing connection\n")
+                    conn.close("idle timeout")

@@ -1,0 +1,281 @@
+"""Every setting of gserver, their defaults and validation, and where they come from.
+
+Precedence, lowest first: built-in defaults < TOML file < environment (``GSERVER_<NAME>``,
+and ``PORT`` as Procfile platforms set it) < command-line flags.  All sources except the
+TOML file deliver strings, so one converter per type turns them into values and names the
+setting when it cannot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = ("basic", "echo", "chat", "inspect")
+LOG_FORMATS = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_CONFIG = Path("conf/gserver.toml")
+# Chat users read far more than they type, so the idle limit is longer there.
+IDLE_TIMEOUT_BY_MODE = {"basic": 30.0, "echo": 30.0, "chat": 600.0, "inspect": 30.0}
+IDLE_TIMEOUT_FOR_HANDLERS = 30.0
+
+
+class SettingsError(Exception):
+    """A setting has a value gserver cannot use; the message names the setting."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"setting '{setting}': {problem}")
+        self.setting = setting
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of gserver's settings; build one directly or with :func:`load`."""
+
+    host: str = field(
+        default="0.0.0.0", metadata=_help("address to listen on; '::' serves IPv6 and IPv4")
+    )
+    port: int = field(default=8080, metadata=_help("TCP port to listen on (0 = any free port)"))
+    mode: str = field(default="chat", metadata=_help("built-in mode: basic, echo, chat, inspect"))
+    handler: str | None = field(
+        default=None,
+        metadata=_help("serve your own handler instead of a mode: package.module:function"),
+    )
+    idle_timeout: float | None = field(
+        default=None,
+        metadata=_help(
+            "seconds without data before a client is closed (0 = off); "
+            "default 30, or 600 in chat mode"
+        ),
+    )
+    keepalive: float = field(
+        default=60.0, metadata=_help("TCP keepalive idle time in seconds (0 = off)")
+    )
+    max_line_bytes: int = field(
+        default=16384, metadata=_help("longest line accepted in echo and chat mode, in bytes")
+    )
+    uptime_interval: float = field(
+        default=30.0, metadata=_help("seconds between uptime broadcasts in echo mode (0 = off)")
+    )
+    shutdown_grace: float = field(
+        default=5.0, metadata=_help("seconds to let queued output flush on shutdown")
+    )
+    max_output_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_help("bytes queued for one client before it is dropped as a slow consumer"),
+    )
+    write_timeout: float = field(
+        default=10.0,
+        metadata=_help("seconds without write progress before a client is dropped as slow"),
+    )
+    max_clients: int = field(
+        default=10000, metadata=_help("clients served at once by one process; others are refused")
+    )
+    max_clients_per_ip: int = field(
+        default=0, metadata=_help("clients at once from one IP address (0 = no limit)")
+    )
+    backlog: int = field(default=1024, metadata=_help("listen backlog of the server socket"))
+    log_format: str = field(
+        default="auto",
+        metadata=_help("auto (console on a terminal, JSON lines otherwise), console or json"),
+    )
+    log_level: str = field(default="info", metadata=_help("debug, info, warning or error"))
+
+    def __post_init__(self) -> None:
+        for check in _CHECKS:
+            check(self)
+
+    @property
+    def effective_idle_timeout(self) -> float:
+        """The idle timeout in force: the setting, or the mode's default when unset."""
+        if self.idle_timeout is not None:
+            return self.idle_timeout
+        if self.handler:
+            return IDLE_TIMEOUT_FOR_HANDLERS
+        return IDLE_TIMEOUT_BY_MODE[self.mode]
+
+
+def _check_port(s: Settings) -> None:
+    if not 0 <= s.port <= 65535:
+        raise SettingsError("port", f"must be from 0 to 65535, got {s.port}")
+
+
+def _check_mode(s: Settings) -> None:
+    if s.mode not in MODES:
+        raise SettingsError("mode", f"must be one of {', '.join(MODES)}, got {s.mode!r}")
+
+
+def _check_handler(s: Settings) -> None:
+    if s.handler is not None and not _looks_like_handler(s.handler):
+        raise SettingsError("handler", f"must look like package.module:function, got {s.handler!r}")
+
+
+def _looks_like_handler(spec: str) -> bool:
+    module, sep, function = spec.partition(":")
+    return bool(sep and module and function.isidentifier())
+
+
+def _check_non_negative(s: Settings) -> None:
+    for name in ("keepalive", "uptime_interval", "shutdown_grace", "write_timeout"):
+        _require_non_negative(name, getattr(s, name))
+    if s.idle_timeout is not None:
+        _require_non_negative("idle_timeout", s.idle_timeout)
+    _require_non_negative("max_clients_per_ip", s.max_clients_per_ip)
+
+
+def _require_non_negative(name: str, value: float) -> None:
+    if value < 0 or math.isnan(value) or math.isinf(value):
+        raise SettingsError(name, f"must be a finite number >= 0, got {value}")
+
+
+def _check_positive(s: Settings) -> None:
+    for name in ("max_line_bytes", "max_output_bytes", "max_clients", "backlog"):
+        value = getattr(s, name)
+        if value < 1:
+            raise SettingsError(name, f"must be at least 1, got {value}")
+
+
+def _check_logging(s: Settings) -> None:
+    if s.log_format not in LOG_FORMATS:
+        raise SettingsError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    if s.log_level not in LOG_LEVELS:
+        raise SettingsError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+
+
+def _check_host(s: Settings) -> None:
+    if not s.host or any(c.isspace() for c in s.host):
+        raise SettingsError("host", f"must be an address or host name, got {s.host!r}")
+
+
+_CHECKS: tuple[Callable[[Settings], None], ...] = (
+    _check_host,
+    _check_port,
+    _check_mode,
+    _check_handler,
+    _check_non_negative,
+    _check_positive,
+    _check_logging,
+)
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def setting_type(name: str) -> type:
+    """The plain Python type of a setting (``int`` for ``int | None``)."""
+    annotation = str(FIELDS[name].type)
+    for candidate in (bool, int, float, str):
+        if candidate.__name__ in annotation.split(" | "):
+            return candidate
+    raise AssertionError(f"no converter for {annotation}")  # pragma: no cover
+
+
+def setting_help(name: str) -> str:
+    return str(FIELDS[name].metadata["help"])
+
+
+def convert_text(name: str, text: str) -> Any:
+    """Turn a string from the environment or a flag into the setting's value."""
+    kind = setting_type(name)
+    text = text.strip()
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(name, f"must be true or false, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(name, f"must be a whole number, got {text!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(name, f"must be a number, got {text!r}") from None
+    return text
+
+
+def _convert_toml(name: str, value: Any) -> Any:
+    kind = setting_type(name)
+    # TOML knows types already; only check them (bool is an int in Python, so test it first).
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise SettingsError(name, f"must be a {kind.__name__} in the settings file, got {value!r}")
+    return value
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Settings from a flat TOML table; unknown keys are errors, not silently ignored."""
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError("config", f"file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError("config", f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError("config", f"cannot read {path}: {exc.strerror}") from None
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in FIELDS:
+            raise SettingsError(key, f"unknown setting in {path}")
+        values[key] = _convert_toml(key, value)
+    return values
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if environ.get("PORT", "").strip():
+        values["port"] = convert_text("port", environ["PORT"])
+    for name in FIELDS:
+        text = environ.get(f"GSERVER_{name.upper()}", "")
+        if text.strip():
+            values[name] = convert_text(name, text)
+    return values
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config: Path | None = None,
+) -> Settings:
+    """Build Settings from defaults < file < environment < flags.
+
+    ``flags`` holds already-chosen values by setting name (strings are converted);
+    ``config`` is an explicit file, which must exist; without it the default file is read
+    only where it exists.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config is None and environ.get("GSERVER_CONFIG", "").strip():
+        config = Path(environ["GSERVER_CONFIG"].strip())
+    if config is not None:
+        values.update(read_file(config))
+    elif DEFAULT_CONFIG.is_file():
+        values.update(read_file(DEFAULT_CONFIG))
+    values.update(read_environment(environ))
+    for name, value in (flags or {}).items():
+        if name not in FIELDS:
+            raise SettingsError(name, "unknown setting")
+        values[name] = convert_text(name, value) if isinstance(value, str) else value
+    return Settings(**values)

@@ -1,0 +1,206 @@
+"""Helpers for end-to-end tests: gserver runs as a subprocess, as a user would run it, on
+127.0.0.1 with an ephemeral port that it reports in its JSON log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+# Generous bounds for events that normally take milliseconds; never a speed assertion.
+WAIT = 10.0
+
+
+class ServerProcess:
+    """A running ``python -m gserver``; its JSON log lines are collected as they come."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.logs: list[dict[str, Any]] = []
+        self.raw_stderr: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        self.port = 0
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._changed:
+                self.raw_stderr.append(text)
+                try:
+                    self.logs.append(json.loads(text))
+                except ValueError:
+                    pass
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_log(
+        self, event: str, timeout: float = WAIT, **fields: Any
+    ) -> dict[str, Any]:
+        """The first log entry with this event (and these fields), waiting for it if needed."""
+        deadline = time.monotonic() + timeout
+
+        def match() -> dict[str, Any] | None:
+            for entry in self.logs:
+                if entry.get("event") == event and all(
+                    entry.get(k) == v for k, v in fields.items()
+                ):
+                    return entry
+            return None
+
+        with self._changed:
+            while (found := match()) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no log event {event!r} {fields}; stderr was:\n"
+                        + "\n".join(self.raw_stderr[-40:])
+                    )
+                self._changed.wait(min(remaining, 0.2))
+        return found
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        with self._changed:
+            return [e for e in self.logs if e.get("event") == event]
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def gserver_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gserver", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GSERVER_") and k != "PORT"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start gserver with these flags (``--port 0`` and JSON logs unless given)."""
+    started: list[ServerProcess] = []
+
+    def start(
+        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, wait: bool = True
+    ) -> ServerProcess:
+        argv = list(args)
+        if not any(a.startswith("--port") for a in argv) and not (env and "PORT" in env):
+            argv += ["--port", "0"]
+        if not any(a.startswith("--host") for a in argv):
+            argv += ["--host", "127.0.0.1"]
+        if not any(a.startswith("--log-format") for a in argv):
+            argv += ["--log-format", "json"]
+        proc = subprocess.Popen(
+            gserver_command(*argv),
+            cwd=cwd or tmp_path,
+            env=clean_env(**(env or {})),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        server = ServerProcess(proc)
+        started.append(server)
+        if wait:
+            server.port = server.wait_for_log("listening")["port"]
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+class Client:
+    """A test client over a real socket, with patient reads that fail loudly."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", family: int = socket.AF_INET) -> None:
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect((host, port))
+        self.buffer = b""
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def send_line(self, text: str) -> None:
+        self.send(text + "\n")
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buffer += data
+        return bool(data)
+
+    def read_until(self, marker: bytes | str) -> str:
+        """Everything up to and including ``marker``."""
+        token = marker.encode() if isinstance(marker, str) else marker
+        while token not in self.buffer:
+            if not self._fill():
+                raise AssertionError(f"closed before {token!r}; got {self.buffer!r}")
+        end = self.buffer.index(token) + len(token)
+        out, self.buffer = self.buffer[:end], self.buffer[end:]
+        return out.decode("utf-8", "replace")
+
+    def read_line(self) -> str:
+        return self.read_until(b"\n")
+
+    def read_exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            if not self._fill():
+                raise AssertionError(f"closed after {self.buffer!r}")
+        out, self.buffer = self.buffer[:count], self.buffer[count:]
+        return out
+
+    def read_to_close(self) -> str:
+        """Everything until the server closes the connection."""
+        while self._fill():
+            pass
+        out, self.buffer = self.buffer, b""
+        return out.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def chat_join(port: int, name: str) -> Client:
+    client = Client(port)
+    client.read_until("Enter your username: ")
+    client.send_line(name)
+    assert client.read_line() == f"Welcome {name}!\n"
+    return client

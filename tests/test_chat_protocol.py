@@ -1,0 +1,239 @@
+"""The chat state machine and room, with members in memory: no sockets."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gserver.protocol.chat import HELP, PROMPT, ChatSession, State, name_key
+from gserver.protocol.framing import LineFramer
+from gserver.protocol.text import decode
+from gserver.registry import ChatRoom
+
+
+class FakeMember:
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.closed_because: str | None = None
+
+    def send(self, data: str | bytes) -> None:
+        self.received.append(data.decode() if isinstance(data, bytes) else data)
+
+    def close(self, reason: str) -> None:
+        self.closed_because = reason
+
+    def take(self) -> str:
+        text = "".join(self.received)
+        self.received.clear()
+        return text
+
+
+def joined(room: ChatRoom, name: str) -> tuple[ChatSession, FakeMember]:
+    member = FakeMember()
+    session = ChatSession(room, member)
+    session.start()
+    session.receive(name)
+    assert member.take() == f"{PROMPT}Welcome {name}!\n"
+    return session, member
+
+
+def test_a_new_client_is_asked_for_a_name() -> None:
+    member = FakeMember()
+    ChatSession(ChatRoom(), member).start()
+    assert member.take() == "Enter your username: "
+
+
+def test_joining_welcomes_the_client_and_tells_everyone_else() -> None:
+    room = ChatRoom()
+    _, alice = joined(room, "alice")
+    _, _bob = joined(room, "bob")
+    assert alice.take() == "bob joined the chat\n"
+
+
+def test_a_message_goes_to_everyone_including_the_sender() -> None:
+    room = ChatRoom()
+    alice_session, alice = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    alice.take()
+    alice_session.receive("  hello  ")
+    assert alice.take() == "[alice]: hello\n"
+    assert bob.take() == "[alice]: hello\n"
+
+
+def test_users_lists_names_in_join_order() -> None:
+    room = ChatRoom()
+    _, _ = joined(room, "zed")
+    session, member = joined(room, "amy")
+    session.receive("/users")
+    assert member.take() == "Online users: zed, amy\n"
+
+
+def test_help_starts_with_the_seeds_four_lines() -> None:
+    session, member = joined(ChatRoom(), "alice")
+    session.receive("/help")
+    assert member.take() == HELP
+    assert HELP.startswith(
+        "Commands:\n/users - View user list\n/help - Show help\n/quit - Exit chat\n"
+    )
+
+
+def test_unknown_commands_are_answered() -> None:
+    session, member = joined(ChatRoom(), "alice")
+    session.receive("/dance")
+    assert member.take() == "Unknown command. Type /help for help\n"
+
+
+def test_quit_closes_and_tells_the_others_once() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    session.receive("/quit")
+    assert alice.closed_because == "quit"
+    session.end()
+    assert bob.take() == "alice left the chat\n"
+    assert room.names() == ["bob"]
+
+
+def test_quit_at_the_name_prompt_just_closes() -> None:
+    room = ChatRoom()
+    _, bob = joined(room, "bob")
+    member = FakeMember()
+    session = ChatSession(room, member)
+    session.start()
+    session.receive("/quit")
+    session.end()
+    assert member.closed_because == "quit"
+    assert bob.take() == ""
+
+
+def test_leaving_without_announcement_during_shutdown() -> None:
+    room = ChatRoom()
+    session, _ = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    session.end(announce=False)
+    assert bob.take() == ""
+    assert room.names() == ["bob"]
+
+
+def test_names_are_unique_without_regard_to_case_or_compatibility_form() -> None:
+    room = ChatRoom()
+    joined(room, "Alice")
+    member = FakeMember()
+    session = ChatSession(room, member)
+    session.start()
+    member.take()
+    session.receive("aLICE")
+    assert member.take() == "Username aLICE is taken, choose another: "
+    session.receive("\uff21lice")  # fullwidth A: the same name under NFKC
+    assert member.take() == "Username \uff21lice is taken, choose another: "
+    assert session.state is State.AWAITING_NAME
+    session.receive("carol")
+    assert member.take() == "Welcome carol!\n"
+
+
+def test_invalid_names_are_refused() -> None:
+    member = FakeMember()
+    session = ChatSession(ChatRoom(), member)
+    session.start()
+    member.take()
+    for bad in ("two words", "/slash", "x" * 33, "bell\x07"):
+        session.receive(bad)
+        assert member.take() == (
+            "Invalid username (1-32 printable characters, no spaces), try again: "
+        )
+    session.receive("x" * 32)
+    assert member.take() == f"Welcome {'x' * 32}!\n"
+
+
+def test_empty_lines_are_ignored_in_chat() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    session.receive("   ")
+    assert alice.take() == ""
+
+
+def test_msg_reaches_one_user_only() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    _, carol = joined(room, "carol")
+    alice.take()
+    bob.take()
+    session.receive("/msg BOB psst, hi")
+    assert bob.take() == "[alice -> you]: psst, hi\n"
+    assert alice.take() == "[you -> bob]: psst, hi\n"
+    assert carol.take() == ""
+    session.receive("/msg nobody hi")
+    assert alice.take() == "No such user: nobody\n"
+
+
+def test_me_tells_everyone_an_action() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    alice.take()
+    session.receive("/me waves")
+    assert alice.take() == bob.take() == "* alice waves\n"
+
+
+def test_nick_renames_and_tells_everyone_else() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    alice.take()
+    session.receive("/nick bob")
+    assert alice.take() == "Username bob is taken\n"
+    session.receive("/nick alicia")
+    assert alice.take() == "You are now known as alicia\n"
+    assert bob.take() == "alice is now known as alicia\n"
+    assert room.names() == ["bob", "alicia"]
+    session.receive("hi")
+    assert bob.take() == "[alicia]: hi\n"
+
+
+def test_messages_are_sanitised_before_relay() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    session.receive("\x1b[2Jgotcha\u202e")
+    assert alice.take() == "[alice]: gotcha\n"
+
+
+def test_name_key_folds_case_and_compatibility_forms() -> None:
+    assert name_key("ＡＬＩＣＥ") == name_key("alice")
+    assert name_key("Straße") == name_key("STRASSE")
+
+
+def transcript(chunks: list[bytes]) -> list[tuple[str, ...]]:
+    """Feed one client's bytes through framer and session; what everyone received."""
+    room = ChatRoom()
+    _, watcher = joined(room, "watcher")
+    member = FakeMember()
+    session = ChatSession(room, member)
+    session.start()
+    framer = LineFramer(64)
+    for chunk in chunks:
+        for frame in framer.feed(chunk):
+            if isinstance(frame, bytes):
+                session.receive(decode(frame))
+    session.end()
+    return [tuple(member.received), tuple(watcher.received)]
+
+
+@settings(max_examples=200)
+@given(
+    data=st.lists(
+        st.one_of(
+            st.binary(max_size=10),
+            st.sampled_from([b"\n", b"/users\n", b"/nick x\n", b"/msg watcher hi\n", b"/me a\n"]),
+            st.sampled_from([b"\xff", b"\xc3", b"\x1b[", b"/quit\n", b"ann\n", b"\r\n"]),
+        ),
+        max_size=30,
+    ).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0), max_size=10),
+)
+def test_chat_gives_the_same_result_however_the_bytes_are_split(
+    data: bytes, cuts: list[int]
+) -> None:
+    edges = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    pieces = [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    assert transcript(pieces) == transcript([data])

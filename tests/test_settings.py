@@ -1,0 +1,135 @@
+"""Settings: defaults < TOML file < environment < flags, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gserver.settings import DEFAULT_CONFIG, FIELDS, Settings, SettingsError, load
+from tests.conftest import REPO, clean_env, gserver_command
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert (s.host, s.port, s.mode) == ("0.0.0.0", 8080, "chat")
+    assert (s.max_line_bytes, s.keepalive, s.uptime_interval, s.shutdown_grace) == (
+        16384,
+        60.0,
+        30.0,
+        5.0,
+    )
+    assert (s.log_format, s.log_level) == ("auto", "info")
+
+
+@pytest.mark.parametrize(("mode", "timeout"), [("basic", 30), ("echo", 30), ("inspect", 30), ("chat", 600)])
+def test_idle_timeout_defaults_by_mode(mode: str, timeout: float) -> None:
+    assert Settings(mode=mode).effective_idle_timeout == timeout
+    assert Settings(mode=mode, idle_timeout=0).effective_idle_timeout == 0
+
+
+def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
+    config = write(tmp_path / "g.toml", 'port = 1111\nmode = "echo"\nidle_timeout = 7\n')
+    assert load({}, {}, config).port == 1111
+    assert load({}, {"PORT": "2222"}, config).port == 2222
+    assert load({}, {"PORT": "2222", "GSERVER_PORT": "3333"}, config).port == 3333
+    s = load({"port": "4444"}, {"PORT": "2222", "GSERVER_PORT": "3333"}, config)
+    assert (s.port, s.mode, s.idle_timeout) == (4444, "echo", 7.0)
+    assert load({}, {"GSERVER_MODE": "basic"}, config).mode == "basic"
+
+
+def test_default_file_is_read_only_where_it_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load({}, {}).port == 8080
+    (tmp_path / DEFAULT_CONFIG).parent.mkdir()
+    write(tmp_path / DEFAULT_CONFIG, "port = 9999\n")
+    assert load({}, {}).port == 9999
+
+
+def test_the_shipped_settings_file_lists_every_setting_with_its_default() -> None:
+    text = (REPO / "conf" / "gserver.toml").read_text()
+    for name in FIELDS:
+        assert f"{name} =" in text, name
+    # Loading it (idle_timeout and handler are commented out) gives the built-in defaults.
+    assert load({}, {}, REPO / "conf" / "gserver.toml") == Settings()
+
+
+@pytest.mark.parametrize(
+    ("source", "setting"),
+    [
+        ({"flags": {"mode": "nope"}}, "mode"),
+        ({"flags": {"port": "70000"}}, "port"),
+        ({"flags": {"port": "eighty"}}, "port"),
+        ({"env": {"GSERVER_IDLE_TIMEOUT": "-1"}}, "idle_timeout"),
+        ({"env": {"GSERVER_LOG_LEVEL": "loud"}}, "log_level"),
+        ({"file": "colour = 3\n"}, "colour"),
+        ({"file": 'port = "8080"\n'}, "port"),
+        ({"file": "port = \n"}, "config"),
+        ({"flags": {"handler": "no_colon"}}, "handler"),
+    ],
+)
+def test_bad_values_name_the_setting(source: dict[str, object], setting: str, tmp_path: Path) -> None:
+    config = write(tmp_path / "g.toml", str(source.get("file", "")))
+    with pytest.raises(SettingsError) as caught:
+        load(source.get("flags", {}), source.get("env", {}), config)  # type: ignore[arg-type]
+    assert caught.value.setting == setting
+    assert setting in str(caught.value)
+
+
+def test_a_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="config"):
+        load({}, {}, tmp_path / "missing.toml")
+
+
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        gserver_command(*args),
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "setting"),
+    [
+        (["--mode", "nope"], {}, "mode"),
+        (["--port", "70000"], {}, "port"),
+        ([], {"GSERVER_PORT": "x"}, "port"),
+        (["--handler", "no_such_module_xyz:handle"], {}, "handler"),
+        (["--config", "missing.toml"], {}, "config"),
+        (["--no-such-flag"], {}, "--no-such-flag"),
+    ],
+)
+def test_cli_bad_setting_is_one_line_exit_2(
+    args: list[str], env: dict[str, str], setting: str, tmp_path: Path
+) -> None:
+    result = run_cli(*args, cwd=tmp_path, **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert setting in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_unknown_key_in_the_file_exits_2(tmp_path: Path) -> None:
+    write(tmp_path / "bad.toml", "colour = 3\n")
+    result = run_cli("--config", "bad.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "gserver: error: setting 'colour': unknown setting in bad.toml"
+
+
+def test_help_lists_every_setting(tmp_path: Path) -> None:
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for name in FIELDS:
+        assert "--" + name.replace("_", "-") in result.stdout
+    assert "--config" in result.stdout
