@@ -142,6 +142,7 @@ class Server:
         self._background: list[gevent.Greenlet] = []
         self._stopped = Event()
         self._interrupts = 0
+        self._signal_watchers: list[Any] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -189,9 +190,14 @@ class Server:
         return 0
 
     def install_signal_handlers(self) -> None:
-        gevent.signal_handler(signal.SIGTERM, self._on_terminate)
-        gevent.signal_handler(signal.SIGINT, self._on_interrupt)
-        gevent.signal_handler(signal.SIGQUIT, self._exit_now, "SIGQUIT")
+        """SIGTERM/SIGINT stop gracefully; a second SIGINT or a SIGQUIT exits at once."""
+        if self._signal_watchers:
+            return
+        self._signal_watchers = [
+            gevent.signal_handler(signal.SIGTERM, self._on_terminate),
+            gevent.signal_handler(signal.SIGINT, self._on_interrupt),
+            gevent.signal_handler(signal.SIGQUIT, self._exit_now, "SIGQUIT"),
+        ]
 
     def _on_terminate(self) -> None:
         # Process managers signal whole groups, so a repeated SIGTERM must change nothing.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -41,17 +42,13 @@ class ServerProcess:
             text = raw.decode("utf-8", "replace").rstrip("\n")
             with self._changed:
                 self.raw_stderr.append(text)
-                try:
+                with contextlib.suppress(ValueError):
                     self.logs.append(json.loads(text))
-                except ValueError:
-                    pass
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for_log(
-        self, event: str, timeout: float = WAIT, **fields: Any
-    ) -> dict[str, Any]:
+    def wait_for_log(self, event: str, timeout: float = WAIT, **fields: Any) -> dict[str, Any]:
         """The first log entry with this event (and these fields), waiting for it if needed."""
         deadline = time.monotonic() + timeout
 

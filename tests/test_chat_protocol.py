@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,7 +201,7 @@ def test_messages_are_sanitised_before_relay() -> None:
 
 
 def test_name_key_folds_case_and_compatibility_forms() -> None:
-    assert name_key("ＡＬＩＣＥ") == name_key("alice")
+    assert name_key("\uff21\uff2c\uff29\uff23\uff25") == name_key("alice")
     assert name_key("Straße") == name_key("STRASSE")
 
 
@@ -235,5 +237,5 @@ def test_chat_gives_the_same_result_however_the_bytes_are_split(
     data: bytes, cuts: list[int]
 ) -> None:
     edges = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    pieces = [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    pieces = [data[a:b] for a, b in itertools.pairwise(edges)]
     assert transcript(pieces) == transcript([data])

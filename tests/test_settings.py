@@ -28,7 +28,9 @@ def test_defaults() -> None:
     assert (s.log_format, s.log_level) == ("auto", "info")
 
 
-@pytest.mark.parametrize(("mode", "timeout"), [("basic", 30), ("echo", 30), ("inspect", 30), ("chat", 600)])
+@pytest.mark.parametrize(
+    ("mode", "timeout"), [("basic", 30), ("echo", 30), ("inspect", 30), ("chat", 600)]
+)
 def test_idle_timeout_defaults_by_mode(mode: str, timeout: float) -> None:
     assert Settings(mode=mode).effective_idle_timeout == timeout
     assert Settings(mode=mode, idle_timeout=0).effective_idle_timeout == 0
@@ -44,7 +46,9 @@ def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
     assert load({}, {"GSERVER_MODE": "basic"}, config).mode == "basic"
 
 
-def test_default_file_is_read_only_where_it_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_file_is_read_only_where_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert load({}, {}).port == 8080
     (tmp_path / DEFAULT_CONFIG).parent.mkdir()
@@ -74,7 +78,9 @@ def test_the_shipped_settings_file_lists_every_setting_with_its_default() -> Non
         ({"flags": {"handler": "no_colon"}}, "handler"),
     ],
 )
-def test_bad_values_name_the_setting(source: dict[str, object], setting: str, tmp_path: Path) -> None:
+def test_bad_values_name_the_setting(
+    source: dict[str, object], setting: str, tmp_path: Path
+) -> None:
     config = write(tmp_path / "g.toml", str(source.get("file", "")))
     with pytest.raises(SettingsError) as caught:
         load(source.get("flags", {}), source.get("env", {}), config)  # type: ignore[arg-type]
@@ -133,3 +139,9 @@ def test_help_lists_every_setting(tmp_path: Path) -> None:
     for name in FIELDS:
         assert "--" + name.replace("_", "-") in result.stdout
     assert "--config" in result.stdout
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    for name in FIELDS:
+        assert f"| `{name}` |" in readme, name

@@ -1,0 +1,169 @@
+"""The handler API (--handler and Server in a script), the client, and the Procfile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, WAIT, Client, ServerProcess, chat_join, clean_env
+
+SHOUT = textwrap.dedent(
+    """
+    from gserver import Connection
+
+    def shout(conn: Connection) -> None:
+        conn.send("Say something!\\n")
+        for line in conn.lines():
+            if line == "bye":
+                conn.close()
+            else:
+                conn.registry.broadcast(line.upper())
+    """
+)
+
+
+def test_own_handler_with_lines_send_close_and_broadcast(start_server, tmp_path: Path) -> None:
+    (tmp_path / "myhandlers.py").write_text(SHOUT)
+    server = start_server("--handler", "myhandlers:shout")
+    a, b = Client(server.port), Client(server.port)
+    assert a.read_line() == b.read_line() == "Say something!\n"
+    a.send_line("hello")
+    assert a.read_line() == b.read_line() == "[Broadcast] HELLO\n"
+    a.send_line("bye")
+    assert a.read_to_close() == ""
+    b.close()
+
+
+def test_handler_that_raises_only_drops_its_own_client(start_server, tmp_path: Path) -> None:
+    (tmp_path / "faulty.py").write_text(
+        "def handle(conn):\n"
+        "    for line in conn.lines():\n"
+        "        if line == 'boom':\n"
+        "            raise ValueError('boom')\n"
+        "        conn.send(line + '\\n')\n"
+    )
+    server = start_server("--handler", "faulty:handle")
+    other = Client(server.port)
+    with Client(server.port) as victim:
+        victim.send_line("boom")
+        assert victim.read_to_close() == ""
+    other.send_line("still here")
+    assert other.read_line() == "still here\n"
+    assert server.wait_for_log("handler_error")["level"] == "error"
+    other.close()
+
+
+def test_server_as_a_library_in_a_script(tmp_path: Path) -> None:
+    script = tmp_path / "serve.py"
+    script.write_text(
+        SHOUT
+        + textwrap.dedent(
+            """
+            from gserver import Server, Settings, configure_logging
+            configure_logging("json")
+            raise SystemExit(Server(shout, Settings(host="127.0.0.1", port=0)).serve_forever())
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, env=clean_env(), stderr=subprocess.PIPE
+    )
+    server = ServerProcess(proc)
+    try:
+        port = server.wait_for_log("listening")["port"]
+        with Client(port) as client:
+            assert client.read_line() == "Say something!\n"
+            client.send_line("lib")
+            assert client.read_line() == "[Broadcast] LIB\n"
+            proc.send_signal(signal.SIGTERM)
+            assert client.read_to_close() == "Server shutting down\n"
+        assert server.wait() == 0
+    finally:
+        server.stop()
+
+
+def run_client(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gserver.client", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=clean_env(),
+        cwd=REPO,
+    )
+
+
+def test_client_send_prints_replies_and_exits_0(start_server) -> None:
+    server = start_server("--mode", "basic")
+    result = run_client(
+        "--host", "127.0.0.1", "--port", str(server.port), "--send", "hi", "--wait", "0.5"
+    )
+    assert result.returncode == 0
+    assert result.stdout == "Connected to server\nWelcome to TCP Server!\nEcho: hi\n"
+
+
+def test_client_interactive_sends_typed_lines_until_the_server_closes(start_server) -> None:
+    server = start_server("--mode", "chat")
+    result = run_client("--host", "127.0.0.1", "--port", str(server.port), stdin="carol\n/quit\n")
+    assert result.returncode == 0
+    assert result.stdout == (
+        "Connected to server\nEnter your username: Welcome carol!\nDisconnected\n"
+    )
+
+
+def test_client_refused_connection_is_one_line_exit_1() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    result = run_client("--host", "127.0.0.1", "--port", str(free_port), "--send", "x")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cannot connect" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_procfile_runs_under_honcho_with_port_set(tmp_path: Path) -> None:
+    honcho = shutil.which(
+        "honcho", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    )
+    if honcho is None:
+        pytest.skip("honcho is not installed (pip install -e '.[dev]' brings it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = clean_env(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.Popen(
+        [honcho, "-d", str(REPO), "-f", str(REPO / "Procfile"), "start", "-p", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            if b'"listening"' in raw or b"listening" in raw:
+                assert f'"port": {port}'.encode() in raw, raw
+                break
+        else:
+            pytest.fail("honcho exited before gserver listened")
+        alice = chat_join(port, "alice")
+        bob = chat_join(port, "bob")
+        assert alice.read_line() == "bob joined the chat\n"
+        bob.send_line("via honcho")
+        assert alice.read_line() == "[bob]: via honcho\n"
+        alice.close()
+        bob.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(WAIT)
