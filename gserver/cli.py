@@ -71,11 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(flags, os.environ, Path(args.config) if args.config else None)
         mode = resolve(settings)
+        configure(settings.log_format, settings.log_level)
+        server = Server(mode.handler, settings, mode.on_start)
     except SettingsError as exc:
         print(f"gserver: error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
-    configure(settings.log_format, settings.log_level)
-    server = Server(mode.handler, settings, mode.on_start)
     server.install_signal_handlers()
     try:
         server.start()

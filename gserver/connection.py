@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from gserver.protocol.framing import LineFramer
+from gserver.protocol.limits import TokenBucket
 from gserver.protocol.text import decode
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ RECV_SIZE = 65536
 # that could destroy the final reply on its way.
 LINGER_SECONDS = 2.0
 SEND_CHUNK = 256 * 1024
+# A client that sends without reading what it is owed is read no further while this much
+# of its own output waits (half of max_output_bytes where that is smaller).
+READ_PAUSE_BYTES = 256 * 1024
 
 
 class _Wakeup(Exception):
@@ -56,14 +60,15 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_finished",
+        "_flood_logged",
         "_flush_scheduled",
         "_hub",
         "_outbox",
         "_queued",
         "_raw",
         "_read_event",
+        "_read_pause_bytes",
         "_sock",
-        "_tls",
         "_write_event",
         "_writer",
         "address",
@@ -85,8 +90,8 @@ class Connection:
         self.peer = format_peer(address)
         self.log = log.bind(client=self.peer)
         self._sock = sock
-        self._tls = not hasattr(sock, "_sock") or hasattr(sock, "_sslobj")
-        self._raw = None if self._tls else sock._sock
+        # Plain TCP takes the fast path on the raw socket; TLS needs the SSL socket's own calls.
+        self._raw = None if hasattr(sock, "_sslobj") else sock._sock
         self._hub = sock.hub
         self._read_event = sock._read_event
         self._write_event = sock._write_event
@@ -95,6 +100,8 @@ class Connection:
         self._flush_scheduled = False
         self._writer: gevent.Greenlet | None = None
         self._finished = False
+        self._flood_logged = False
+        self._read_pause_bytes = min(READ_PAUSE_BYTES, server.settings.max_output_bytes // 2)
         self.closing = False
         self.close_reason: str | None = None
         now = self._hub.loop.now()
@@ -135,8 +142,12 @@ class Connection:
         ``max_line_bytes`` is answered with an error and skipped; the connection goes on.
         At end of stream a last line without a newline still counts.
         """
-        limit = self.server.settings.max_line_bytes
+        settings = self.server.settings
+        limit = settings.max_line_bytes
         framer = LineFramer(limit)
+        bucket = None
+        if settings.flood_rate > 0:
+            bucket = TokenBucket(settings.flood_rate, settings.flood_burst, self._hub.loop.now())
         for chunk in self.chunks():
             for frame in framer.feed(chunk):
                 if self.closing:
@@ -145,12 +156,31 @@ class Connection:
                     self.log.info("line_too_long", max_line_bytes=limit)
                     self.send(f"Error: line too long (max {limit} bytes)\n")
                     continue
+                if bucket is not None:
+                    self._obey_flood_limit(bucket)
+                    if self.closing:
+                        return
                 line = decode(frame)
                 self.log.debug("line", text=line)
                 yield line
         rest = framer.flush()
         if rest and self.close_reason == "closed by client":
             yield decode(rest)
+
+    def _obey_flood_limit(self, bucket: TokenBucket) -> None:
+        """Past the client's line rate, stop reading it for a while: its TCP window fills,
+        so the flooder alone is slowed and nothing is dropped (IRC servers' "fake lag")."""
+        delay = bucket.take(self._hub.loop.now())
+        if delay <= 0:
+            return
+        stats = self.server.stats
+        stats.flood_throttles += 1
+        if not self._flood_logged:
+            self._flood_logged = True
+            self.log.warning("flood_throttled", flood_rate=bucket.rate, flood_burst=bucket.burst)
+        # Reading is paused, yet the client is not idle: it is waiting on us.
+        self.last_read = self._hub.loop.now() + delay
+        gevent.sleep(delay)
 
     def send(self, data: str | bytes) -> None:
         """Queue ``data`` for the client; never blocks.  Ignored once the connection closes."""
@@ -204,6 +234,9 @@ class Connection:
     def _receive(self) -> bytes:
         data: bytes
         while not self.closing:
+            if self._queued > self._read_pause_bytes:
+                self._wait_for_output_to_drain()
+                continue
             try:
                 if self._raw is not None:
                     data = self._raw.recv(RECV_SIZE)
@@ -226,6 +259,13 @@ class Connection:
             self.bytes_in += len(data)
             return data
         return b""
+
+    def _wait_for_output_to_drain(self) -> None:
+        """Backpressure: while this client owes itself much output, read no more from it."""
+        if self._writer is None:
+            gevent.sleep(0)  # let this turn's flush run; it starts a writer if one is needed
+            return
+        self._writer.join()
 
     def _lost(self, exc: OSError) -> None:
         if self.close_reason is None:

@@ -25,8 +25,10 @@ from gevent.server import StreamServer
 
 from gserver.connection import Connection, format_peer
 from gserver.logs import get_logger
+from gserver.protocol import proxy
 from gserver.registry import Registry
-from gserver.settings import Settings
+from gserver.settings import Settings, SettingsError
+from gserver.tls import make_context
 
 Handler = Callable[[Connection], None]
 # Descriptors kept free of clients: the listener, standard streams, log files, and one to
@@ -34,6 +36,26 @@ Handler = Callable[[Connection], None]
 SPARE_DESCRIPTORS = 32
 SERVER_FULL = b"Server full, try again later\n"
 SHUTTING_DOWN = "Server shutting down\n"
+
+
+class _HandshakeFailed(Exception):
+    """The client did not complete the PROXY header or TLS handshake in time."""
+
+
+def _read_proxy_header(sock: Any) -> proxy.ProxyHeader:
+    """Peek until the whole header has arrived, then consume exactly it: the bytes after
+    it (perhaps a TLS ClientHello) stay in the socket for whoever reads next."""
+    while True:
+        data = sock.recv(proxy.MAX_HEADER_BYTES, socket.MSG_PEEK)
+        if not data:
+            raise _HandshakeFailed("closed before the PROXY header")
+        header = proxy.parse(data)
+        if header is not None:
+            remaining = header.length
+            while remaining:
+                remaining -= len(sock.recv(remaining))
+            return header
+        gevent.sleep(0.01)  # a header split across segments: peeking again at once would spin
 
 
 class StartError(Exception):
@@ -48,6 +70,8 @@ class Stats:
     refused_full: int = 0
     refused_per_ip: int = 0
     slow_consumers: int = 0
+    flood_throttles: int = 0
+    handshake_failures: int = 0
     idle_timeouts: int = 0
     handler_errors: int = 0
 
@@ -141,6 +165,9 @@ class Server:
         self._listener: socket.socket | None = None
         self._background: list[gevent.Greenlet] = []
         self._stopped = Event()
+        self.tls_context: Any = None
+        if self.settings.tls_cert and self.settings.tls_key:
+            self.tls_context = make_context(self.settings.tls_cert, self.settings.tls_key)
         self._interrupts = 0
         self._signal_watchers: list[Any] = []
 
@@ -197,7 +224,21 @@ class Server:
             gevent.signal_handler(signal.SIGTERM, self._on_terminate),
             gevent.signal_handler(signal.SIGINT, self._on_interrupt),
             gevent.signal_handler(signal.SIGQUIT, self._exit_now, "SIGQUIT"),
+            gevent.signal_handler(signal.SIGHUP, self.reload_tls),
         ]
+
+    def reload_tls(self) -> None:
+        """Load the certificate and key again (SIGHUP); clients already connected stay."""
+        s = self.settings
+        if not (s.tls_cert and s.tls_key):
+            self.log.info("sighup_ignored", reason="TLS is not configured")
+            return
+        try:
+            self.tls_context = make_context(s.tls_cert, s.tls_key)
+        except SettingsError as exc:
+            self.log.error("tls_reload_failed", error=str(exc))
+        else:
+            self.log.info("tls_reloaded", tls_cert=s.tls_cert)
 
     def _on_terminate(self) -> None:
         # Process managers signal whole groups, so a repeated SIGTERM must change nothing.
@@ -250,7 +291,11 @@ class Server:
         elif len(self._live) >= self.max_clients:
             self.stats.refused_full += 1
             reason = "max_clients"
-        elif per_ip_limit and self._per_ip.get(ip, 0) >= per_ip_limit:
+        elif (
+            per_ip_limit
+            and not self.settings.proxy_protocol  # the real address comes later, in the header
+            and self._per_ip.get(ip, 0) >= per_ip_limit
+        ):
             self.stats.refused_per_ip += 1
             reason = "max_clients_per_ip"
         else:
@@ -268,8 +313,25 @@ class Server:
     def serve_client(self, sock: Any, address: Any) -> None:
         """The greenlet of one client: set up, run the handler, clean up whatever happens."""
         self._tune(sock)
+        if self.settings.proxy_protocol or self.tls_context is not None:
+            prepared = self._handshake(sock, address)
+            if prepared is None:
+                return
+            sock, address = prepared
+        ip = format_peer(address).rpartition(":")[0]
+        per_ip_limit = self.settings.max_clients_per_ip
+        if (
+            self.settings.proxy_protocol
+            and per_ip_limit
+            and self._per_ip.get(ip, 0) >= per_ip_limit
+        ):
+            self.stats.refused_per_ip += 1
+            self.log.info("refused", client=format_peer(address), reason="max_clients_per_ip")
+            with gevent.Timeout(self.settings.handshake_timeout or None, False):
+                sock.sendall(SERVER_FULL)
+            sock.close()
+            return
         conn = Connection(self, sock, address, self.log)
-        ip = conn.peer.rpartition(":")[0]
         self._live[conn] = None
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self.registry.add(conn)
@@ -299,6 +361,32 @@ class Server:
                     bytes_in=conn.bytes_in,
                     bytes_out=conn.bytes_out,
                 )
+
+    def _handshake(self, sock: Any, address: Any) -> tuple[Any, Any] | None:
+        """Read the PROXY header and do the TLS handshake, within handshake_timeout.
+
+        A client that stays silent, sends plain text to TLS, or sends a bad header is
+        logged and closed here, before it counts as connected; no one else waits on it.
+        """
+        timeout = self.settings.handshake_timeout or None
+        try:
+            with gevent.Timeout(timeout, _HandshakeFailed(f"no handshake within {timeout}s")):
+                if self.settings.proxy_protocol:
+                    header = _read_proxy_header(sock)
+                    if header.source is not None:
+                        address = header.source
+                if self.tls_context is not None:
+                    sock = self.tls_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False
+                    )
+                    sock.do_handshake()
+        except (_HandshakeFailed, proxy.ProxyHeaderError, OSError) as exc:
+            self.stats.handshake_failures += 1
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            self.log.info("handshake_failed", client=format_peer(address), error=reason)
+            sock.close()
+            return None
+        return sock, address
 
     def _tune(self, sock: Any) -> None:
         try:

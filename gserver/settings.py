@@ -85,6 +85,25 @@ class Settings:
         default=0, metadata=_help("clients at once from one IP address (0 = no limit)")
     )
     backlog: int = field(default=1024, metadata=_help("listen backlog of the server socket"))
+    flood_rate: float = field(
+        default=10.0,
+        metadata=_help("lines a second one client may send in echo and chat mode (0 = no limit)"),
+    )
+    flood_burst: int = field(
+        default=20, metadata=_help("lines a client may send at once before flood_rate applies")
+    )
+    proxy_protocol: bool = field(
+        default=False,
+        metadata=_help("expect a PROXY protocol v1/v2 header from a load balancer first"),
+    )
+    tls_cert: str | None = field(
+        default=None, metadata=_help("PEM certificate chain file: serve over TLS")
+    )
+    tls_key: str | None = field(default=None, metadata=_help("PEM private key file for tls_cert"))
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata=_help("seconds for a TLS handshake or a PROXY header before the client is closed"),
+    )
     log_format: str = field(
         default="auto",
         metadata=_help("auto (console on a terminal, JSON lines otherwise), console or json"),
@@ -126,7 +145,14 @@ def _looks_like_handler(spec: str) -> bool:
 
 
 def _check_non_negative(s: Settings) -> None:
-    for name in ("keepalive", "uptime_interval", "shutdown_grace", "write_timeout"):
+    for name in (
+        "keepalive",
+        "uptime_interval",
+        "shutdown_grace",
+        "write_timeout",
+        "flood_rate",
+        "handshake_timeout",
+    ):
         _require_non_negative(name, getattr(s, name))
     if s.idle_timeout is not None:
         _require_non_negative("idle_timeout", s.idle_timeout)
@@ -139,7 +165,7 @@ def _require_non_negative(name: str, value: float) -> None:
 
 
 def _check_positive(s: Settings) -> None:
-    for name in ("max_line_bytes", "max_output_bytes", "max_clients", "backlog"):
+    for name in ("max_line_bytes", "max_output_bytes", "max_clients", "backlog", "flood_burst"):
         value = getattr(s, name)
         if value < 1:
             raise SettingsError(name, f"must be at least 1, got {value}")
@@ -150,6 +176,12 @@ def _check_logging(s: Settings) -> None:
         raise SettingsError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
     if s.log_level not in LOG_LEVELS:
         raise SettingsError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+
+
+def _check_tls(s: Settings) -> None:
+    if bool(s.tls_cert) != bool(s.tls_key):
+        missing = "tls_key" if s.tls_cert else "tls_cert"
+        raise SettingsError(missing, "tls_cert and tls_key must be given together")
 
 
 def _check_host(s: Settings) -> None:
@@ -165,6 +197,7 @@ _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_non_negative,
     _check_positive,
     _check_logging,
+    _check_tls,
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
