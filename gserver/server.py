@@ -8,6 +8,7 @@ closed, instead of being left unanswered in the kernel backlog as a full ``Pool`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -384,6 +385,9 @@ class Server:
             self.stats.handshake_failures += 1
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             self.log.info("handshake_failed", client=format_peer(address), error=reason)
+            # Unread input would turn the close into a reset; what is here is garbage anyway.
+            with contextlib.suppress(OSError):
+                sock._sock.recv(proxy.MAX_HEADER_BYTES)
             sock.close()
             return None
         return sock, address

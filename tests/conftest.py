@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -110,7 +111,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
 
     def start(
-        *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, wait: bool = True
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        wait: bool = True,
+        open_files: tuple[int, int] | None = None,
     ) -> ServerProcess:
         argv = list(args)
         if not any(a.startswith("--port") for a in argv) and not (env and "PORT" in env):
@@ -126,6 +131,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files))
+            if open_files
+            else None,
         )
         server = ServerProcess(proc)
         started.append(server)
