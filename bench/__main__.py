@@ -1,0 +1,149 @@
+"""``python -m bench``: build the C programs, run the scenarios, write the report and chart."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.procs import (
+    BENCH,
+    REPO,
+    BenchError,
+    build_c,
+    export_gserver,
+    node_available,
+    raise_nofile_limit,
+)
+from bench.report import chart, markdown, stdout_summary
+from bench.scenarios import Config, run_scenario, scenarios
+
+ALL = ("echo", "chat", "idle", "startup")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--rounds", type=int, help="rounds per server, medians taken (default 3)")
+    p.add_argument("--duration", type=float, help="measured seconds per run (default 5)")
+    p.add_argument("--warmup", type=float, help="unmeasured seconds before each run (default 1)")
+    p.add_argument("--idle-conns", type=int, help="connections in the idle scenario (10000)")
+    p.add_argument("--chat-clients", type=int, help="clients in the chat scenario (500)")
+    p.add_argument("--chat-senders", type=int, help="senders in the chat scenario (20)")
+    p.add_argument("--echo-conns", type=int, help="connections in the echo scenario (100)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="about 1 s per run, 1 round, 500 idle and 100 chat clients (for CI)",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(ALL),
+        help=f"comma-separated, from {', '.join(ALL)} (default: all)",
+    )
+    p.add_argument(
+        "--gserver-ref",
+        metavar="REF",
+        help="run gserver/ as of this git commit (exported to a temp dir) instead "
+        "of the working tree",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=BENCH / "results",
+        help="directory for <date>.md and <date>.png (default bench/results)",
+    )
+    return p.parse_args(argv)
+
+
+def config(ns: argparse.Namespace) -> Config:
+    base = (
+        Config(
+            rounds=1,
+            duration=1.0,
+            warmup=0.3,
+            chat_clients=100,
+            chat_senders=10,
+            chat_quiet=0.5,
+            idle_conns=500,
+            idle_settle=0.3,
+            quick=True,
+        )
+        if ns.quick
+        else Config()
+    )
+    overrides = {
+        k: v
+        for k, v in {
+            "rounds": ns.rounds,
+            "duration": ns.duration,
+            "warmup": ns.warmup,
+            "idle_conns": ns.idle_conns,
+            "chat_clients": ns.chat_clients,
+            "chat_senders": ns.chat_senders,
+            "echo_conns": ns.echo_conns,
+        }.items()
+        if v is not None
+    }
+    return Config(**{**vars(base), **overrides})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
+    cfg = config(ns)
+    chosen = [s.strip() for s in ns.scenarios.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in ALL]
+    if unknown or not chosen:
+        print(
+            f"unknown scenarios: {', '.join(unknown)} (choose from {', '.join(ALL)})",
+            file=sys.stderr,
+        )
+        return 2
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.monotonic()
+    nofile = raise_nofile_limit()
+    try:
+        built = build_c()
+    except BenchError as exc:
+        print(f"[bench] {exc}", file=sys.stderr)
+        return 1
+    notes = []
+    skip_node = node_available()
+    if skip_node:
+        msg = f"the Node side is skipped: {skip_node}; gserver and references still run."
+        notes.append(msg)
+        print(f"[bench] NOTE: {msg}", file=sys.stderr, flush=True)
+    if nofile < cfg.idle_conns + 1000 and "idle" in chosen:
+        notes.append(f"RLIMIT_NOFILE is {nofile}, below the idle scenario's needs.")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        logs, gserver_cwd, commit = Path(tmp) / "logs", REPO, None
+        logs.mkdir()
+        if ns.gserver_ref:
+            gserver_cwd = Path(tmp) / "src"
+            gserver_cwd.mkdir()
+            try:
+                commit = export_gserver(ns.gserver_ref, gserver_cwd)
+            except BenchError as exc:
+                print(f"[bench] {exc}", file=sys.stderr)
+                return 1
+        defs = scenarios(gserver_cwd)
+        for name in chosen:
+            results.append(run_scenario(defs[name], cfg, built["loadgen"], logs, skip_node))
+    elapsed = time.monotonic() - t0
+    out_dir: Path = ns.output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = started.strftime("%Y-%m-%d")
+    png = out_dir / f"{stem}.png"
+    chart(results, png)
+    md = out_dir / f"{stem}.md"
+    md.write_text(markdown(results, cfg, started, elapsed, png.name, notes, commit))
+    print(stdout_summary(results))
+    print(f"\n[bench] wrote {md} and {png}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Building the C programs, and starting, probing, measuring and stopping server processes.
+
+Every server listens on 127.0.0.1 only, on a free port picked here, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+BUILD = BENCH / "build"
+REFERENCE = REPO.parent / "shared" / "reference"
+HOST = "127.0.0.1"
+
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+class BenchError(RuntimeError):
+    """A run that could not be measured (server died, loadgen failed, a bound ran out)."""
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (inherited by servers and loadgen)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def build_c(cc: str = "cc") -> dict[str, Path]:
+    """Compile loadgen.c and echo_server.c into bench/build/ with ``cc -O2``."""
+    compiler = shutil.which(cc)
+    if compiler is None:
+        raise BenchError(f"no C compiler {cc!r} on PATH")
+    BUILD.mkdir(exist_ok=True)
+    out: dict[str, Path] = {}
+    for name in ("loadgen", "echo_server"):
+        target = BUILD / name
+        cmd = [compiler, "-O2", "-Wall", "-o", str(target), str(BENCH / f"{name}.c")]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise BenchError(f"building {name} failed:\n{result.stderr}")
+        out[name] = target
+    return out
+
+
+def node_available() -> str | None:
+    """Why the Node side cannot run, or None when it can."""
+    if shutil.which("node") is None:
+        return "`node` is not on PATH"
+    if not REFERENCE.is_dir():
+        return f"{REFERENCE} does not exist"
+    missing = [
+        f
+        for f in ("basic-server.js", "echo-server.js", "chat-server.js")
+        if not (REFERENCE / f).is_file()
+    ]
+    if missing:
+        return f"{REFERENCE} lacks {', '.join(missing)}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server; ``{port}`` in argv and env values is replaced."""
+
+    key: str
+    label: str
+    argv: tuple[str, ...]
+    greeting_end: bytes = b"\n"
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: Path | None = None
+    is_node: bool = False
+
+    def command(self, port: int) -> list[str]:
+        return [a.replace("{port}", str(port)) for a in self.argv]
+
+    def display(self) -> str:
+        env = " ".join(f"{k}={v}" for k, v in self.env)
+        cmd = " ".join(self.argv).replace(sys.executable, "python").replace(str(REPO) + "/", "")
+        where = f"(cd {self.cwd}) " if self.cwd else ""
+        return f"{where}{env + ' ' if env else ''}{cmd}"
+
+
+GSERVER_FLAGS = (
+    "--host",
+    HOST,
+    "--port",
+    "{port}",
+    "--log-level",
+    "warning",
+    "--log-format",
+    "json",
+    "--flood-rate",
+    "0",
+)
+
+
+def export_gserver(ref: str, dest: Path) -> str:
+    """Extract gserver/ as of git ``ref`` into ``dest``; return the full commit id."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if commit.returncode != 0:
+        raise BenchError(f"unknown git ref {ref!r}: {commit.stderr.strip()}")
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit.stdout.strip(), "gserver"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive failed: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, timeout=60)
+    return commit.stdout.strip()
+
+
+def gserver(mode: str, *extra: str, cwd: Path = REPO) -> ServerSpec:
+    """``python -m gserver`` run in ``cwd``: the gserver package found there is the one run."""
+    suffix = "".join(f" {x}" for x in extra)
+    return ServerSpec(
+        key=f"gserver-{mode}",
+        label=f"gserver {mode}{suffix}",
+        argv=(sys.executable, "-m", "gserver", "--mode", mode, *GSERVER_FLAGS, *extra),
+        greeting_end=b"username: " if mode == "chat" else b"\n",
+        cwd=cwd,
+    )
+
+
+def node(script: str) -> ServerSpec:
+    mode = script.split("-")[0]
+    return ServerSpec(
+        key=f"node-{mode}",
+        label=f"node {script}",
+        argv=("node", script),
+        greeting_end=b"username: " if mode == "chat" else b"\n",
+        env=(("PORT", "{port}"), ("HOST", HOST), ("QUIET", "1")),
+        cwd=REFERENCE,
+        is_node=True,
+    )
+
+
+THREADED = ServerSpec(
+    key="threaded",
+    label="threaded_server.py (thread per conn)",
+    argv=(sys.executable, str(BENCH / "threaded_server.py"), "--host", HOST, "--port", "{port}"),
+)
+BARE_GEVENT = ServerSpec(
+    key="bare-gevent",
+    label="bare_gevent.py (StreamServer)",
+    argv=(sys.executable, str(BENCH / "bare_gevent.py"), "--host", HOST, "--port", "{port}"),
+)
+C_ECHO = ServerSpec(
+    key="c-echo",
+    label="echo_server.c (epoll)",
+    argv=(str(BUILD / "echo_server"), "--host", HOST, "--port", "{port}"),
+)
+
+
+@dataclass
+class Running:
+    spec: ServerSpec
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    startup_secs: float = 0.0
+    exit_code: int | None = None
+    killed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def greet(port: int, end: bytes, timeout: float = 10.0) -> float:
+    """Connect, read the greeting up to ``end``; return the seconds it took."""
+    t0 = time.perf_counter()
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        data = b""
+        while end not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise BenchError(f"port {port}: closed before the greeting (got {data!r})")
+            data += chunk
+    return time.perf_counter() - t0
+
+
+def _wait_ready(run: Running, t0: float) -> float:
+    """Poll until a client gets its greeting; the seconds since ``t0`` (process start)."""
+    deadline = t0 + STARTUP_TIMEOUT
+    while True:
+        if run.proc.poll() is not None:
+            raise BenchError(
+                f"{run.spec.label} exited with {run.proc.returncode} before serving:\n"
+                + tail(run.log_path)
+            )
+        try:
+            greet(run.port, run.spec.greeting_end, timeout=5.0)
+            return time.perf_counter() - t0
+        except (ConnectionRefusedError, ConnectionResetError):
+            if time.perf_counter() > deadline:
+                raise BenchError(f"{run.spec.label} not serving after {STARTUP_TIMEOUT}s") from None
+            time.sleep(0.002)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def serve(spec: ServerSpec, log_dir: Path) -> Iterator[Running]:
+    """Start ``spec`` on a free port, wait for its first greeting, stop it on exit."""
+    port = free_port()
+    log_path = log_dir / f"{spec.key}-{port}.log"
+    env = dict(os.environ)
+    env.update({k: v.replace("{port}", str(port)) for k, v in spec.env})
+    with log_path.open("wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            spec.command(port),
+            cwd=spec.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    run = Running(spec=spec, proc=proc, port=port, log_path=log_path)
+    try:
+        run.startup_secs = _wait_ready(run, t0)
+        yield run
+    finally:
+        stop(run)
+
+
+def stop(run: Running) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT seconds."""
+    if run.proc.poll() is None:
+        run.proc.send_signal(signal.SIGTERM)
+        try:
+            run.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            run.proc.kill()
+            run.proc.wait(5)
+            run.killed = True
+    run.exit_code = run.proc.returncode
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_secs(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` (all its threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

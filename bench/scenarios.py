@@ -1,0 +1,462 @@
+"""The four scenarios (echo, chat, idle, startup): which servers, what is measured, how.
+
+Each scenario runs its servers alternately (A B A B ...) for ``rounds`` rounds; one run is
+one fresh server process measured by one loadgen process, both bounded in time.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procs import (
+    BARE_GEVENT,
+    C_ECHO,
+    HOST,
+    THREADED,
+    BenchError,
+    Running,
+    ServerSpec,
+    cpu_secs,
+    greet,
+    gserver,
+    node,
+    rss_bytes,
+    serve,
+)
+
+Metrics = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    rounds: int = 3
+    duration: float = 5.0
+    warmup: float = 1.0
+    echo_conns: int = 100
+    echo_size: int = 64
+    chat_clients: int = 500
+    chat_senders: int = 20
+    chat_quiet: float = 2.0
+    idle_conns: int = 10000
+    idle_settle: float = 1.0
+    quick: bool = False
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    fmt: str = "{:,.0f}"
+
+    def show(self, value: Any) -> str:
+        if value is None:
+            return "—"
+        if isinstance(value, str):
+            return value
+        return self.fmt.format(value)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """``num``/``den`` of the medians of ``metric``; ``better`` says which way is good."""
+
+    label: str
+    num: str
+    den: str
+    metric: str
+    better: str  # "higher" or "lower"
+
+
+@dataclass
+class RunResult:
+    spec: ServerSpec
+    round: int
+    metrics: Metrics = field(default_factory=dict)
+    error: str | None = None
+    log_summary: str = ""
+    exit_code: int | None = None
+    killed: bool = False
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    title: str
+    specs: list[ServerSpec]
+    columns: list[Column]
+    ratios: list[Ratio]
+    runs: list[RunResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def median(self, key: str, metric: str) -> float | None:
+        values = [
+            r.metrics[metric]
+            for r in self.runs
+            if r.spec.key == key and r.error is None and r.metrics.get(metric) is not None
+        ]
+        return float(statistics.median(values)) if values else None
+
+    def ratio(self, ratio: Ratio) -> float | None:
+        num, den = self.median(ratio.num, ratio.metric), self.median(ratio.den, ratio.metric)
+        if num is None or den is None or den == 0:
+            return None
+        return num / den
+
+
+# -- loadgen ------------------------------------------------------------------------------
+
+
+def run_loadgen(loadgen: Path, args: list[str], timeout: float) -> Metrics:
+    cmd = [str(loadgen), *args]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"loadgen {args[0]} did not finish within {timeout:.0f}s") from None
+    if result.returncode != 0:
+        raise BenchError(f"loadgen exited {result.returncode}: {result.stderr.strip()}")
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        raise BenchError(f"loadgen printed nothing; stderr: {result.stderr.strip()}")
+    metrics: Metrics = json.loads(lines[-1])
+    return metrics
+
+
+def _common(run: Running) -> list[str]:
+    return ["--host", HOST, "--port", str(run.port)]
+
+
+# -- echo ---------------------------------------------------------------------------------
+
+
+def measure_echo(run: Running, cfg: Config, loadgen: Path) -> Metrics:
+    args = [
+        "echo",
+        *_common(run),
+        "--conns",
+        str(cfg.echo_conns),
+        "--size",
+        str(cfg.echo_size),
+        "--duration",
+        str(cfg.duration),
+        "--warmup",
+        str(cfg.warmup),
+    ]
+    cpu0, t0 = cpu_secs(run.pid), time.perf_counter()
+    out = run_loadgen(loadgen, args, timeout=60 + cfg.warmup + cfg.duration + 30)
+    cpu = (cpu_secs(run.pid) - cpu0) / (time.perf_counter() - t0) * 100
+    return {**out, "server_cpu_pct": cpu}
+
+
+# -- chat ---------------------------------------------------------------------------------
+
+
+def measure_chat(run: Running, cfg: Config, loadgen: Path) -> Metrics:
+    args = [
+        "chat",
+        *_common(run),
+        "--clients",
+        str(cfg.chat_clients),
+        "--senders",
+        str(cfg.chat_senders),
+        "--duration",
+        str(cfg.duration),
+        "--warmup",
+        str(cfg.warmup),
+        "--quiet",
+        str(cfg.chat_quiet),
+    ]
+    cpu0, t0 = cpu_secs(run.pid), time.perf_counter()
+    out = run_loadgen(loadgen, args, timeout=60 + 5 + cfg.warmup + cfg.duration + 30 + 30)
+    cpu = (cpu_secs(run.pid) - cpu0) / (time.perf_counter() - t0) * 100
+    return {**out, "server_cpu_pct": cpu}
+
+
+# -- idle ---------------------------------------------------------------------------------
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            raise BenchError(f"loadgen idle printed nothing within {timeout:.0f}s")
+    return proc.stdout.readline()
+
+
+def measure_idle(run: Running, cfg: Config, loadgen: Path) -> Metrics:
+    time.sleep(0.3)
+    before = rss_bytes(run.pid)
+    args = ["idle", *_common(run), "--conns", str(cfg.idle_conns), "--hold", "120"]
+    proc = subprocess.Popen(
+        [str(loadgen), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _read_line(proc, timeout=90)
+        if not line:
+            raise BenchError(f"loadgen idle failed: {proc.stderr.read() if proc.stderr else ''}")
+        ready: Metrics = json.loads(line)
+        time.sleep(cfg.idle_settle)
+        after = rss_bytes(run.pid)
+        try:
+            greeting_ms: float | None = greet(run.port, run.spec.greeting_end, 10.0) * 1000
+        except (OSError, BenchError):
+            greeting_ms = None
+        assert proc.stdin is not None
+        proc.stdin.close()
+        final: Metrics = json.loads(_read_line(proc, timeout=30) or "{}")
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    held = int(ready.get("conns_ready", 0))
+    return {
+        "conns": cfg.idle_conns,
+        "conns_ready": held,
+        "setup_secs": ready.get("setup_secs"),
+        "rss_before_mib": before / 2**20,
+        "rss_after_mib": after / 2**20,
+        "bytes_per_conn": (after - before) / held if held else None,
+        "new_client_greeting_ms": greeting_ms,
+        "errors": int(ready.get("connect_errors", 0))
+        + int(ready.get("greeting_errors", 0))
+        + int(final.get("io_errors", 0)),
+        "closed_by_server": final.get("closed_by_server"),
+    }
+
+
+# -- startup ------------------------------------------------------------------------------
+
+
+def measure_startup(run: Running, cfg: Config, loadgen: Path) -> Metrics:
+    return {"startup_ms": run.startup_secs * 1000, "rss_mib": rss_bytes(run.pid) / 2**20}
+
+
+# -- definitions --------------------------------------------------------------------------
+
+Measure = Callable[[Running, Config, Path], Metrics]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    specs: list[ServerSpec]
+    measure: Measure
+    columns: list[Column]
+    ratios: list[Ratio]
+
+
+def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
+    us = "{:,.0f}"
+    echo_cols = [
+        Column("round_trips_per_sec", "round trips/s"),
+        Column("p50_us", "p50 µs", us),
+        Column("p99_us", "p99 µs", us),
+        Column("errors", "errors"),
+        Column("server_cpu_pct", "server CPU %"),
+    ]
+    return {
+        "echo": Scenario(
+            "echo",
+            "Echo: {echo_conns} connections, {echo_size}-byte lines, one in flight per connection",
+            [
+                gserver("basic", cwd=gserver_cwd),
+                node("basic-server.js"),
+                gserver("echo", cwd=gserver_cwd),
+                node("echo-server.js"),
+                THREADED,
+                C_ECHO,
+                BARE_GEVENT,
+            ],
+            measure_echo,
+            echo_cols,
+            [
+                Ratio(
+                    "echo, basic mode: round trips/s",
+                    "gserver-basic",
+                    "node-basic",
+                    "round_trips_per_sec",
+                    "higher",
+                ),
+                Ratio(
+                    "echo, basic mode: p99 latency",
+                    "gserver-basic",
+                    "node-basic",
+                    "p99_us",
+                    "lower",
+                ),
+                Ratio(
+                    "echo, echo mode: round trips/s",
+                    "gserver-echo",
+                    "node-echo",
+                    "round_trips_per_sec",
+                    "higher",
+                ),
+                Ratio(
+                    "echo, echo mode: p99 latency", "gserver-echo", "node-echo", "p99_us", "lower"
+                ),
+                Ratio(
+                    "echo, basic: gserver / bare gevent round trips/s",
+                    "gserver-basic",
+                    "bare-gevent",
+                    "round_trips_per_sec",
+                    "higher",
+                ),
+            ],
+        ),
+        "chat": Scenario(
+            "chat",
+            "Chat: {chat_clients} clients, {chat_senders} senders, each sending its next line "
+            "once the previous came back",
+            [gserver("chat", cwd=gserver_cwd), node("chat-server.js")],
+            measure_chat,
+            [
+                Column("deliveries_per_sec", "deliveries/s"),
+                Column("p50_us", "p50 µs", us),
+                Column("p99_us", "p99 µs", us),
+                Column("messages_sent", "messages sent"),
+                Column("lost", "lost"),
+                Column("seq_gaps", "seq gaps"),
+                Column("errors", "errors"),
+                Column("server_cpu_pct", "server CPU %"),
+            ],
+            [
+                Ratio(
+                    "chat: deliveries/s",
+                    "gserver-chat",
+                    "node-chat",
+                    "deliveries_per_sec",
+                    "higher",
+                ),
+                Ratio("chat: p99 latency", "gserver-chat", "node-chat", "p99_us", "lower"),
+            ],
+        ),
+        "idle": Scenario(
+            "idle",
+            "Idle: {idle_conns} connections held past the greeting (basic mode)",
+            [
+                gserver("basic", "--max-clients", "20000", cwd=gserver_cwd),
+                node("basic-server.js"),
+                BARE_GEVENT,
+                THREADED,
+            ],
+            measure_idle,
+            [
+                Column("conns_ready", "held"),
+                Column("rss_before_mib", "RSS before MiB", "{:,.1f}"),
+                Column("rss_after_mib", "RSS after MiB", "{:,.1f}"),
+                Column("bytes_per_conn", "bytes/conn"),
+                Column("new_client_greeting_ms", "new client greeting ms", "{:,.2f}"),
+                Column("setup_secs", "ramp s", "{:,.2f}"),
+                Column("errors", "errors"),
+            ],
+            [
+                Ratio(
+                    "idle: RSS bytes per connection",
+                    "gserver-basic",
+                    "node-basic",
+                    "bytes_per_conn",
+                    "lower",
+                ),
+                Ratio(
+                    "idle: new client's greeting time",
+                    "gserver-basic",
+                    "node-basic",
+                    "new_client_greeting_ms",
+                    "lower",
+                ),
+                Ratio(
+                    "idle: gserver / bare gevent bytes per connection",
+                    "gserver-basic",
+                    "bare-gevent",
+                    "bytes_per_conn",
+                    "lower",
+                ),
+            ],
+        ),
+        "startup": Scenario(
+            "startup",
+            "Startup: process start to the first greeting received",
+            [gserver("basic", cwd=gserver_cwd), node("basic-server.js")],
+            measure_startup,
+            [
+                Column("startup_ms", "startup ms", "{:,.1f}"),
+                Column("rss_mib", "RSS MiB", "{:,.1f}"),
+            ],
+            [Ratio("startup time", "gserver-basic", "node-basic", "startup_ms", "lower")],
+        ),
+    }
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def summarize_log(path: Path) -> str:
+    """Warnings and errors a server logged: JSON events counted, other lines counted."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    counts: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            key = f"{entry.pop('level', '?')}: {entry.pop('event', '?')}"
+            entry.pop("timestamp", None)
+            detail = ", ".join(f"{k}={v}" for k, v in entry.items())[:160]
+        except (ValueError, AttributeError):
+            key, detail = line.strip()[:100], ""
+        counts[key] += 1
+        first.setdefault(key, detail)
+    return "; ".join(
+        f"{n} x {k}" + (f" (first: {first[k]})" if first[k] else "")
+        for k, n in counts.most_common(5)
+    )
+
+
+def run_scenario(
+    sc: Scenario, cfg: Config, loadgen: Path, log_dir: Path, skip_node: str | None
+) -> ScenarioResult:
+    specs = [s for s in sc.specs if not (s.is_node and skip_node)]
+    title = sc.title.format(**vars(cfg))
+    result = ScenarioResult(sc.name, title, specs, sc.columns, sc.ratios)
+    if skip_node:
+        result.notes.append(f"Node servers skipped: {skip_node}.")
+    for rnd in range(1, cfg.rounds + 1):
+        for spec in specs:
+            rr = RunResult(spec=spec, round=rnd)
+            print(
+                f"[bench] {sc.name} round {rnd}/{cfg.rounds}: {spec.label} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            running: Running | None = None
+            try:
+                with serve(spec, log_dir) as running:
+                    rr.metrics = sc.measure(running, cfg, loadgen)
+            except (BenchError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                rr.error = f"{type(exc).__name__}: {exc}"
+                print(f"[bench]   failed: {rr.error}", file=sys.stderr, flush=True)
+            if running is not None:
+                rr.exit_code, rr.killed = running.exit_code, running.killed
+                rr.log_summary = summarize_log(running.log_path)
+            result.runs.append(rr)
+    return result
