@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import signal
 import sys
 import tempfile
 import time
@@ -90,7 +91,12 @@ def config(ns: argparse.Namespace) -> Config:
     return Config(**{**vars(base), **overrides})
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through serve(): servers stop
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     ns = parse_args(argv)
     cfg = config(ns)
     chosen = [s.strip() for s in ns.scenarios.split(",") if s.strip()]

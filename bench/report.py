@@ -220,7 +220,13 @@ def chart(results: list[ScenarioResult], path: Path) -> bool:
         labels = [f"{r.label} ({r.better} is better)" for r, _ in rows]
         values = [v for _, v in rows]
         good = [(v >= 1) == (r.better == "higher") for r, v in rows]
-        ax.barh(labels, values, color=["tab:green" if g else "tab:red" for g in good])
+        # bars grow from 1 (parity) towards the value, on a log axis
+        ax.barh(
+            labels,
+            [v - 1 for v in values],
+            left=1.0,
+            color=["tab:green" if g else "tab:red" for g in good],
+        )
         ax.axvline(1.0, color="black", linewidth=1)
         ax.set_xscale("log")
         ax.invert_yaxis()
