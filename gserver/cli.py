@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,9 +13,18 @@ from typing import Any, NoReturn
 
 from gserver import __version__
 from gserver.logs import configure
-from gserver.modes import resolve
+from gserver.modes import Mode, resolve
 from gserver.server import Server, StartError
-from gserver.settings import DEFAULT_CONFIG, FIELDS, SettingsError, load, setting_help, setting_type
+from gserver.settings import (
+    DEFAULT_CONFIG,
+    FIELDS,
+    Settings,
+    SettingsError,
+    load,
+    setting_help,
+    setting_type,
+)
+from gserver.workers import Master
 
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_SETTING = 0, 1, 2
 
@@ -72,10 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load(flags, os.environ, Path(args.config) if args.config else None)
         mode = resolve(settings)
         configure(settings.log_format, settings.log_level)
+        # Built here even with workers, so that bad TLS files stop the start at once.
         server = Server(mode.handler, settings, mode.on_start)
     except SettingsError as exc:
         print(f"gserver: error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
+    if settings.workers > 1:
+        return run_workers(settings, mode)
     server.install_signal_handlers()
     try:
         server.start()
@@ -83,3 +96,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gserver: error: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     return server.serve_forever()
+
+
+def run_workers(settings: Settings, mode: Mode) -> int:
+    """The master of ``--workers N``: one shared socket, N worker processes."""
+
+    def run_worker(index: int, listener: socket.socket) -> int:
+        configure(settings.log_format, settings.log_level)
+        server = Server(mode.handler, settings, mode.on_start, worker_index=index)
+        server.log = server.log.bind(worker=index, pid=os.getpid())
+        server.install_signal_handlers()
+        try:
+            server.start(listener)
+        except StartError as exc:
+            print(f"gserver: error: worker {index}: {exc}", file=sys.stderr)
+            return EXIT_START_FAILED
+        return server.serve_forever()
+
+    try:
+        return Master(settings, run_worker).run()
+    except StartError as exc:
+        print(f"gserver: error: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED

@@ -161,6 +161,7 @@ class Connection:
                     if self.closing:
                         return
                 line = decode(frame)
+                self.server.stats.lines_in += 1
                 self.log.debug("line", text=line)
                 yield line
         rest = framer.flush()
@@ -190,6 +191,7 @@ class Connection:
             data = data.encode("utf-8", "surrogateescape")
         self._outbox.append(data)
         self._queued += len(data)
+        self.server.stats.messages_out += 1
         if self._queued > self.server.settings.max_output_bytes:
             self.server.stats.slow_consumers += 1
             self.abort("slow consumer", queued_bytes=self._queued)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+from gevent import monkey
 from gevent.event import Event
 from gevent.pool import Group
 from gevent.server import StreamServer
@@ -73,18 +74,31 @@ class Stats:
     slow_consumers: int = 0
     flood_throttles: int = 0
     handshake_failures: int = 0
+    lines_in: int = 0
+    messages_out: int = 0
+    bytes_in_closed: int = 0
+    bytes_out_closed: int = 0
     idle_timeouts: int = 0
     handler_errors: int = 0
 
 
-def open_listener(host: str, port: int, backlog: int) -> socket.socket:
-    """A bound, listening, non-blocking socket; ``::`` serves IPv6 and IPv4 alike."""
+def open_listener(host: str, port: int, backlog: int, unpatched: bool = False) -> socket.socket:
+    """A bound, listening, non-blocking socket; ``::`` serves IPv6 and IPv4 alike.
+
+    No SO_REUSEPORT: a second gserver on the same port must fail, not split the room.
+    ``unpatched`` uses the standard library's own socket and resolver, which start no
+    gevent hub: a master process must fork its workers before any hub exists.
+    """
+    socket_class, getaddrinfo = socket.socket, socket.getaddrinfo
+    if unpatched:
+        socket_class = monkey.get_original("socket", "socket")
+        getaddrinfo = monkey.get_original("socket", "getaddrinfo")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise StartError(f"cannot resolve host {host!r}: {exc.strerror}") from None
     family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    sock = socket_class(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6 and host in ("::", "::0"):
@@ -148,13 +162,22 @@ class Server:
         handler: Handler,
         settings: Settings | None = None,
         on_start: Callable[[Server], None] | None = None,
+        worker_index: int = 0,
     ) -> None:
         self.handler = handler
         self.settings = settings or Settings()
         self.on_start = on_start
-        self.registry = Registry()
-        self.stats = Stats()
+        self.worker_index = worker_index
         self.log = get_logger()
+        if self.settings.backplane:
+            from gserver.backplane import Backplane, ClusterChatRoom
+
+            backplane = Backplane(self.settings.backplane, self.settings.backplane_prefix, self.log)
+            self.registry = Registry(ClusterChatRoom(backplane), backplane)
+        else:
+            self.registry = Registry()
+        self.stats = Stats()
+        self._metrics_server: Any = None
         self.handlers = Group()
         self.stopping = False
         self.max_clients = self.settings.max_clients
@@ -187,6 +210,10 @@ class Server:
         s = self.settings
         self.max_clients = raise_open_file_limit(s.max_clients, self.log)
         self._listener = listener or open_listener(s.host, s.port, s.backlog)
+        if s.metrics_port is not None:
+            self._start_metrics(s.metrics_port + (self.worker_index if s.metrics_port else 0))
+        if self.registry.backplane is not None:
+            self.registry.backplane.start(self.registry)
         self._acceptor = _Acceptor(self._listener, self)
         self._acceptor.start()
         self._background.append(gevent.spawn(self._sweep))
@@ -202,6 +229,29 @@ class Server:
             max_clients=self.max_clients,
             idle_timeout=s.effective_idle_timeout,
         )
+
+    def _start_metrics(self, port: int) -> None:
+        from gevent.pywsgi import WSGIServer
+
+        from gserver.metrics import make_app
+
+        host = self.settings.host
+        try:
+            listener = open_listener(host, port, 128)
+        except StartError as exc:
+            raise StartError(f"metrics_port: {exc}") from None
+        self._metrics_server = WSGIServer(listener, make_app(self), log=None, error_log=None)
+        self._metrics_server.start()
+        self.log.info("metrics_listening", host=host, port=listener.getsockname()[1])
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why) for /healthz: down while stopping or when the backplane is."""
+        if self.stopping:
+            return False, "shutting down"
+        backplane = self.registry.backplane
+        if backplane is not None and not backplane.up:
+            return False, "backplane down"
+        return True, "ok"
 
     def spawn_background(self, function: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         """Run ``function`` in a greenlet that lives as long as the server."""
@@ -278,6 +328,10 @@ class Server:
         for conn in list(self._live):
             conn.abort("server shutdown")
         self.handlers.kill(timeout=1)
+        if self.registry.backplane is not None:
+            self.registry.backplane.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.stop(timeout=1)
         self.log.info("stopped", unfinished_at_grace_end=unfinished)
         self._stopped.set()
 
@@ -350,6 +404,8 @@ class Server:
                 conn.finish()
             finally:
                 del self._live[conn]
+                self.stats.bytes_in_closed += conn.bytes_in
+                self.stats.bytes_out_closed += conn.bytes_out
                 left = self._per_ip[ip] - 1
                 if left:
                     self._per_ip[ip] = left

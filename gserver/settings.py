@@ -104,6 +104,21 @@ class Settings:
         default=10.0,
         metadata=_help("seconds for a TLS handshake or a PROXY header before the client is closed"),
     )
+    workers: int = field(
+        default=1,
+        metadata=_help("worker processes sharing the port (auto = one per core)"),
+    )
+    backplane: str | None = field(
+        default=None,
+        metadata=_help("Redis URL that carries chat and broadcasts between processes"),
+    )
+    backplane_prefix: str = field(
+        default="gserver", metadata=_help("prefix of every Redis key and channel gserver uses")
+    )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=_help("serve Prometheus /metrics and /healthz on this port (worker k: +k)"),
+    )
     log_format: str = field(
         default="auto",
         metadata=_help("auto (console on a terminal, JSON lines otherwise), console or json"),
@@ -184,6 +199,23 @@ def _check_tls(s: Settings) -> None:
         raise SettingsError(missing, "tls_cert and tls_key must be given together")
 
 
+def _check_cluster(s: Settings) -> None:
+    if s.workers < 1:
+        raise SettingsError("workers", f"must be at least 1 (or auto), got {s.workers}")
+    if s.backplane is not None and not s.backplane.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("backplane", f"must be a redis:// URL, got {s.backplane!r}")
+    if s.workers > 1 and s.mode in ("chat", "echo") and not s.handler and not s.backplane:
+        raise SettingsError(
+            "backplane",
+            f"{s.workers} workers in {s.mode} mode need a backplane (--backplane redis://...) "
+            "to share the room",
+        )
+    if not s.backplane_prefix or any(c.isspace() for c in s.backplane_prefix):
+        raise SettingsError("backplane_prefix", "must be a non-empty word")
+    if s.metrics_port is not None and not 0 <= s.metrics_port <= 65535:
+        raise SettingsError("metrics_port", f"must be from 0 to 65535, got {s.metrics_port}")
+
+
 def _check_host(s: Settings) -> None:
     if not s.host or any(c.isspace() for c in s.host):
         raise SettingsError("host", f"must be an address or host name, got {s.host!r}")
@@ -198,6 +230,7 @@ _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_positive,
     _check_logging,
     _check_tls,
+    _check_cluster,
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -228,6 +261,8 @@ def convert_text(name: str, text: str) -> Any:
             return False
         raise SettingsError(name, f"must be true or false, got {text!r}")
     if kind is int:
+        if name == "workers" and text.lower() == "auto":
+            return os.cpu_count() or 1
         try:
             return int(text)
         except ValueError:
@@ -242,6 +277,8 @@ def convert_text(name: str, text: str) -> Any:
 
 def _convert_toml(name: str, value: Any) -> Any:
     kind = setting_type(name)
+    if name == "workers" and value == "auto":
+        return os.cpu_count() or 1
     # TOML knows types already; only check them (bool is an int in Python, so test it first).
     if kind is bool:
         ok = isinstance(value, bool)

@@ -32,4 +32,5 @@ def start_uptime_broadcast(server: Server) -> None:
 def _broadcast_forever(server: Server, interval: float) -> None:
     while True:
         gevent.sleep(interval)
-        server.registry.broadcast(uptime_message(process_uptime()))
+        # Each process reports its own uptime to its own clients, even in a cluster.
+        server.registry.broadcast_local(uptime_message(process_uptime()))

@@ -72,6 +72,19 @@ class ServerProcess:
                 self._changed.wait(min(remaining, 0.2))
         return found
 
+    def wait_for_events(
+        self, event: str, count: int, timeout: float = WAIT
+    ) -> list[dict[str, Any]]:
+        """At least ``count`` log entries with this event, waiting for them if needed."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(found := [e for e in self.logs if e.get("event") == event]) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"{len(found)} {event!r} events, wanted {count}")
+                self._changed.wait(min(remaining, 0.2))
+        return found
+
     def events(self, event: str) -> list[dict[str, Any]]:
         with self._changed:
             return [e for e in self.logs if e.get("event") == event]

@@ -12,6 +12,6 @@ from gserver.protocol.text import echo_reply
 
 
 def handle(conn: Connection) -> None:
-    conn.send(f"Welcome! Currently {len(conn.registry)} clients online\n")
+    conn.send(f"Welcome! Currently {conn.registry.count_online()} clients online\n")
     for line in conn.lines():
         conn.send(echo_reply(line, datetime.now(UTC)))

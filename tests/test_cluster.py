@@ -1,0 +1,286 @@
+"""Scale-out: chat across processes through a real Redis, --workers, metrics and health."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WAIT, Client, ServerProcess, chat_join
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs it)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Redis:
+    """A throwaway redis-server on a loopback port, which a test may kill and restart."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(tmp_path)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.kill()
+
+
+def node(start_server, redis_server: Redis, *args: str) -> ServerProcess:
+    server = start_server("--backplane", redis_server.url, *args)
+    server.wait_for_log("backplane_up")
+    return server
+
+
+def test_chat_crosses_two_gservers_through_redis(start_server, redis_server: Redis) -> None:
+    one = node(start_server, redis_server, "--mode", "chat")
+    two = node(start_server, redis_server, "--mode", "chat")
+    alice = chat_join(one.port, "alice")
+    bob = chat_join(two.port, "bob")
+    assert alice.read_line() == "bob joined the chat\n"
+    alice.send_line("hello from one")
+    assert bob.read_line() == "[alice]: hello from one\n"
+    assert alice.read_line() == "[alice]: hello from one\n"
+    bob.send_line("/users")
+    assert bob.read_line() == "Online users: alice, bob\n"
+    bob.send_line("/msg ALICE psst")
+    assert bob.read_line() == "[you -> alice]: psst\n"
+    assert alice.read_line() == "[bob -> you]: psst\n"
+    bob.send_line("/me waves")
+    assert alice.read_line() == "* bob waves\n"
+    # A name taken on one node is taken on the other, whatever its case.
+    with Client(two.port) as twin:
+        twin.read_until("Enter your username: ")
+        twin.send_line("Alice")
+        assert twin.read_until(": ") == "Username Alice is taken, choose another: "
+    bob.send_line("/nick robert")
+    assert alice.read_line() == "bob is now known as robert\n"
+    bob.send_line("/quit")
+    assert alice.read_line() == "robert left the chat\n"
+    alice.send_line("/users")
+    assert alice.read_line() == "Online users: alice\n"
+    alice.close()
+
+
+def test_echo_counts_and_broadcasts_across_the_cluster(
+    start_server, redis_server: Redis, tmp_path: Path
+) -> None:
+    (tmp_path / "announcer.py").write_text(
+        "def handle(conn):\n"
+        "    conn.send(f'{conn.registry.count_online()} online\\n')\n"
+        "    for line in conn.lines():\n"
+        "        conn.registry.broadcast(line)\n"
+    )
+    one = node(start_server, redis_server, "--mode", "echo")
+    two = node(start_server, redis_server, "--mode", "echo")
+    first = Client(one.port)
+    assert first.read_line() == "Welcome! Currently 1 clients online\n"
+    second = Client(two.port)
+    assert second.read_line() == "Welcome! Currently 2 clients online\n"
+    three = node(start_server, redis_server, "--handler", "announcer:handle")
+    with Client(three.port) as third:
+        assert third.read_line() == "3 online\n"
+        third.send_line("to everyone")
+        for client in (first, second, third):
+            assert client.read_line() == "[Broadcast] to everyone\n"
+    first.close()
+    second.close()
+
+
+def test_redis_going_away_and_coming_back(start_server, redis_server: Redis) -> None:
+    one = node(start_server, redis_server, "--mode", "chat", "--metrics-port", "0")
+    two = node(start_server, redis_server, "--mode", "chat")
+    alice = chat_join(one.port, "alice")
+    carol = chat_join(one.port, "carol")
+    bob = chat_join(two.port, "bob")
+    assert alice.read_line() == "carol joined the chat\n"
+    assert alice.read_line() == "bob joined the chat\n"
+    assert carol.read_line() == "bob joined the chat\n"
+
+    redis_server.kill()
+    one.wait_for_log("backplane_down")
+    two.wait_for_log("backplane_down")
+    metrics_port = one.wait_for_log("metrics_listening")["port"]
+    assert http_get(metrics_port, "/healthz")[0] == 503
+    # Clients on the same process keep chatting.
+    alice.send_line("still here")
+    assert carol.read_line() == "[alice]: still here\n"
+    # Someone joins the other side during the outage.
+    dave = chat_join(two.port, "dave")
+
+    redis_server.start()
+    one.wait_for_events("backplane_up", 2, timeout=30)
+    two.wait_for_events("backplane_up", 2, timeout=30)
+    assert http_get(metrics_port, "/healthz")[0] == 200
+    alice.send_line("/users")
+    names = read_until_prefix(alice, "Online users: ")
+    assert names == "Online users: alice, carol, bob, dave\n"
+    dave.send_line("back together")
+    assert read_until_prefix(alice, "[dave]") == "[dave]: back together\n"
+    assert not any("Traceback" in line for line in one.raw_stderr + two.raw_stderr)
+    for client in (alice, carol, bob, dave):
+        client.close()
+
+
+def read_until_prefix(client: Client, prefix: str) -> str:
+    while not (line := client.read_line()).startswith(prefix):
+        pass
+    return line
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=WAIT) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_metrics_and_health(start_server) -> None:
+    server = start_server("--mode", "chat", "--metrics-port", "0", "--flood-rate", "0")
+    port = server.wait_for_log("metrics_listening")["port"]
+    alice = chat_join(server.port, "alice")
+    alice.send_line("one")
+    alice.read_line()
+    status, body = http_get(port, "/metrics")
+    assert status == 200
+    assert "gserver_connected_clients 1.0" in body
+    assert "gserver_lines_in_total 2.0" in body  # the name and one message
+    assert 'gserver_refused_total{reason="max_clients"} 0.0' in body
+    assert http_get(port, "/healthz") == (200, "ok\n")
+    alice.close()
+
+
+def worker_of(server: ServerProcess, client_port: int) -> int:
+    entry = server.wait_for_log("connect", client=f"127.0.0.1:{client_port}")
+    return int(entry["pid"])
+
+
+def test_two_workers_share_one_port_and_chat_crosses_them(
+    start_server, redis_server: Redis
+) -> None:
+    server = start_server("--mode", "chat", "--workers", "2", "--backplane", redis_server.url)
+    server.wait_for_events("backplane_up", 2)
+    by_worker: dict[int, Client] = {}
+    spare: list[Client] = []
+    for _ in range(200):
+        client = Client(server.port)
+        client.read_until("Enter your username: ")
+        pid = worker_of(server, client.sock.getsockname()[1])
+        if pid in by_worker:
+            spare.append(client)
+        else:
+            by_worker[pid] = client
+        if len(by_worker) == 2:
+            break
+    assert len(by_worker) == 2, "every connection went to one worker"
+    assert len({e["worker_pid"] for e in server.events("worker_started")}) == 2
+    first, second = by_worker.values()
+    first.send_line("ann")
+    assert first.read_line() == "Welcome ann!\n"
+    second.send_line("ben")
+    assert second.read_line() == "Welcome ben!\n"
+    assert first.read_line() == "ben joined the chat\n"
+    second.send_line("across workers")
+    assert first.read_line() == "[ben]: across workers\n"
+    for client in [*by_worker.values(), *spare]:
+        client.close()
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def test_the_master_restarts_a_worker_that_dies(start_server) -> None:
+    server = start_server("--mode", "basic", "--workers", "2")
+    server.wait_for_events("listening", 2)
+    victim = server.events("worker_started")[0]["worker_pid"]
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for_log("worker_exited", worker_pid=victim)
+    server.wait_for_events("listening", 3)
+    with Client(server.port) as client:
+        assert client.read_line() == "Welcome to TCP Server!\n"
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert len(server.wait_for_events("stopped", 3)) == 3  # two workers and the master
+
+
+def test_workers_keep_port_in_use_an_error(start_server, tmp_path: Path) -> None:
+    server = start_server("--mode", "basic", "--workers", "2")
+    result = subprocess.run(
+        [
+            *__import__("tests.conftest").conftest.gserver_command(
+                "--mode",
+                "basic",
+                "--workers",
+                "2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(server.port),
+            )
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "already in use" in result.stderr
