@@ -6,17 +6,24 @@ client's outbox, and the server writes every outbox once per loop turn, one syst
 for many messages.  Only when a socket will not take all its output does a writer greenlet
 exist for that client, and only until the outbox is empty.  The outbox is bounded, which
 is where slow consumers are caught.
+
+Plain TCP takes a fast path: the standard library's socket object itself, non-blocking,
+one read watcher, and the greenlet switched to directly when it is readable; a write
+watcher exists only while output waits.  TLS uses gevent's cooperative SSL socket.
+Idle clients thus cost little: a socket, a watcher, this object and a greenlet parked
+a few frames deep.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from greenlet import getcurrent
 
 from gserver.protocol.framing import LineFramer
 from gserver.protocol.limits import TokenBucket
@@ -36,12 +43,18 @@ SEND_CHUNK = 256 * 1024
 # of its own output waits (half of max_output_bytes where that is smaller).
 READ_PAUSE_BYTES = 256 * 1024
 
+# One receive buffer for the whole process: only one greenlet runs at a time, and what is
+# received is copied out before the next switch.
+_receive_buffer = bytearray(RECV_SIZE)
+_receive_view = memoryview(_receive_buffer)
+
 
 class _Wakeup(Exception):
     """Thrown into a greenlet parked on a read, so that it notices the connection closing."""
 
 
 _WAKEUP = _Wakeup()
+_CLOSED = OSError(errno.EBADF, "connection closed")
 
 
 def format_peer(address: Any) -> str:
@@ -59,10 +72,14 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
+        "_closed",
+        "_drained_input",
         "_finished",
         "_flood_logged",
         "_flush_scheduled",
         "_hub",
+        "_log",
+        "_max_output",
         "_outbox",
         "_queued",
         "_raw",
@@ -77,39 +94,46 @@ class Connection:
         "close_reason",
         "closing",
         "connected_at",
+        "greenlet",
         "last_read",
         "last_write_progress",
-        "log",
-        "peer",
+        "messages_out",
         "server",
     )
 
-    def __init__(self, server: Server, sock: Any, address: Any, log: Any) -> None:
+    def __init__(self, server: Server, sock: Any, address: Any) -> None:
         self.server = server
         self.address = address
-        self.peer = format_peer(address)
-        self.log = log.bind(client=self.peer)
+        self._log: Any = None  # bound on first use: an idle client needs no logger of its own
         self._sock = sock
-        # Plain TCP takes the fast path on the raw socket; TLS needs the SSL socket's own calls.
-        self._raw = None if hasattr(sock, "_sslobj") else sock._sock
-        self._hub = sock.hub
-        self._read_event = sock._read_event
-        self._write_event = sock._write_event
+        self._hub = hub = gevent.get_hub()
+        if hasattr(sock, "_sslobj"):  # gevent's SSL socket: its own watchers and calls
+            self._raw = None
+            self._read_event = sock._read_event
+        else:  # the standard library's socket, non-blocking
+            self._raw = sock
+            self._read_event = hub.loop.io(sock.fileno(), 1)
+        self._write_event: Any = None
+        self._closed = False
+        self._drained_input = False
         self._outbox: list[bytes] = []
         self._queued = 0
         self._flush_scheduled = False
-        self._writer: gevent.Greenlet | None = None
+        self._writer: Any = None
         self._finished = False
         self._flood_logged = False
-        self._read_pause_bytes = min(READ_PAUSE_BYTES, server.settings.max_output_bytes // 2)
+        self._max_output = server.settings.max_output_bytes
+        self._read_pause_bytes = min(READ_PAUSE_BYTES, self._max_output // 2)
         self.closing = False
         self.close_reason: str | None = None
-        now = self._hub.loop.now()
+        self.greenlet = getcurrent()
+        now = hub.loop.now()
         self.connected_at = time.monotonic()
         self.last_read = now
         self.last_write_progress = now
         self.bytes_in = 0
         self.bytes_out = 0
+        self.messages_out = 0
 
     # -- what a handler uses ------------------------------------------------------------
 
@@ -119,20 +143,39 @@ class Connection:
         return self.server.registry
 
     @property
+    def log(self) -> Any:
+        """This client's structlog logger, bound to its address (and what ``bind`` adds).
+
+        Bound afresh for each use until ``bind`` adds context: an idle client keeps none.
+        """
+        if self._log is None:
+            return self.server.log.bind(client=self.peer)
+        return self._log
+
+    @property
+    def peer(self) -> str:
+        """The client as ``host:port`` (``[host]:port`` for IPv6)."""
+        return format_peer(self.address)
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes sent by the handler that the client's socket has not taken yet."""
         return self._queued
 
     def bind(self, **context: Any) -> None:
         """Add context (a chat name, say) to every later log line of this client."""
-        self.log = self.log.bind(**context)
+        self._log = self.log.bind(**context)
+
+    def receive(self) -> bytes:
+        """The next bytes to arrive, waiting for them; ``b""`` once the client has gone or
+        the connection is closing.  (No generator in between: an idle client's parked
+        greenlet stays as shallow, and as small, as it can be.)"""
+        return self._receive()
 
     def chunks(self) -> Iterator[bytes]:
         """Bytes as they arrive, until the client goes or the connection is closed."""
-        while True:
-            data = self._receive()
-            if not data:
-                return
+        receive = self._receive
+        while data := receive():
             yield data
 
     def lines(self) -> Iterator[str]:
@@ -148,11 +191,16 @@ class Connection:
         bucket = None
         if settings.flood_rate > 0:
             bucket = TokenBucket(settings.flood_rate, settings.flood_burst, self._hub.loop.now())
-        for chunk in self.chunks():
+        log_lines = self.server.log_debug
+        stats = self.server.stats
+        receive = self._receive
+        # Reads happen right here, not in a nested generator: a parked greenlet's saved
+        # stack is as shallow as it can be.
+        while chunk := receive():
             for frame in framer.feed(chunk):
                 if self.closing:
                     return
-                if not isinstance(frame, bytes):  # LINE_TOO_LONG
+                if frame.__class__ is not bytes:  # LINE_TOO_LONG
                     self.log.info("line_too_long", max_line_bytes=limit)
                     self.send(f"Error: line too long (max {limit} bytes)\n")
                     continue
@@ -161,38 +209,24 @@ class Connection:
                     if self.closing:
                         return
                 line = decode(frame)
-                self.server.stats.lines_in += 1
-                self.log.debug("line", text=line)
+                stats.lines_in += 1
+                if log_lines:
+                    self.log.debug("line", text=line)
                 yield line
         rest = framer.flush()
         if rest and self.close_reason == "closed by client":
             yield decode(rest)
 
-    def _obey_flood_limit(self, bucket: TokenBucket) -> None:
-        """Past the client's line rate, stop reading it for a while: its TCP window fills,
-        so the flooder alone is slowed and nothing is dropped (IRC servers' "fake lag")."""
-        delay = bucket.take(self._hub.loop.now())
-        if delay <= 0:
-            return
-        stats = self.server.stats
-        stats.flood_throttles += 1
-        if not self._flood_logged:
-            self._flood_logged = True
-            self.log.warning("flood_throttled", flood_rate=bucket.rate, flood_burst=bucket.burst)
-        # Reading is paused, yet the client is not idle: it is waiting on us.
-        self.last_read = self._hub.loop.now() + delay
-        gevent.sleep(delay)
-
     def send(self, data: str | bytes) -> None:
         """Queue ``data`` for the client; never blocks.  Ignored once the connection closes."""
         if self.closing:
             return
-        if isinstance(data, str):
+        if data.__class__ is str:
             data = data.encode("utf-8", "surrogateescape")
-        self._outbox.append(data)
+        self._outbox.append(data)  # type: ignore[arg-type]
         self._queued += len(data)
-        self.server.stats.messages_out += 1
-        if self._queued > self.server.settings.max_output_bytes:
+        self.messages_out += 1
+        if self._queued > self._max_output:
             self.server.stats.slow_consumers += 1
             self.abort("slow consumer", queued_bytes=self._queued)
             return
@@ -217,7 +251,7 @@ class Connection:
         self.closing = True
         self._outbox.clear()
         self._queued = 0
-        self._sock.close()  # wakes any greenlet parked on this socket with an error
+        self._close_socket()  # wakes any greenlet parked on this socket with an error
 
     def writer_stalled(self, now: float, write_timeout: float) -> bool:
         """True when output has waited ``write_timeout`` seconds without any progress."""
@@ -231,22 +265,43 @@ class Connection:
     def idle_seconds(self) -> float:
         return float(self._hub.loop.now() - self.last_read)
 
-    # -- the server's side ----------------------------------------------------------------
+    # -- reading --------------------------------------------------------------------------
+
+    def _wait(self, watcher: Any) -> None:
+        """Park this greenlet until ``watcher`` fires (or someone throws into it)."""
+        watcher.start(getcurrent().switch)
+        try:
+            self._hub.switch()
+        finally:
+            watcher.stop()
 
     def _receive(self) -> bytes:
-        data: bytes
+        raw = self._raw
         while not self.closing:
             if self._queued > self._read_pause_bytes:
                 self._wait_for_output_to_drain()
                 continue
+            if self._drained_input:
+                # The last read emptied the socket: wait for readiness rather than try a
+                # read that would fail (a system call and an exception per message saved).
+                self._drained_input = False
+                try:
+                    self._wait(self._read_event)
+                except _Wakeup:
+                    continue
+                except OSError as exc:
+                    self._lost(exc)
+                    return b""
             try:
-                if self._raw is not None:
-                    data = self._raw.recv(RECV_SIZE)
+                if raw is not None:
+                    size = raw.recv_into(_receive_buffer)
+                    data = _receive_view[:size].tobytes()
+                    self._drained_input = 0 < size < RECV_SIZE
                 else:
                     data = self._sock.recv(RECV_SIZE)
             except BlockingIOError:
-                with contextlib.suppress(_Wakeup):
-                    self._hub.wait(self._read_event)
+                self._drained_input = True  # wait at the top of the loop, outside this
+                # handler: an exception kept alive while the client idles costs memory
                 continue
             except _Wakeup:
                 continue
@@ -262,6 +317,20 @@ class Connection:
             return data
         return b""
 
+    def _obey_flood_limit(self, bucket: TokenBucket) -> None:
+        """Past the client's line rate, stop reading it for a while: its TCP window fills,
+        so the flooder alone is slowed and nothing is dropped (IRC servers' "fake lag")."""
+        delay = bucket.take(self._hub.loop.now())
+        if delay <= 0:
+            return
+        self.server.stats.flood_throttles += 1
+        if not self._flood_logged:
+            self._flood_logged = True
+            self.log.warning("flood_throttled", flood_rate=bucket.rate, flood_burst=bucket.burst)
+        # Reading is paused, yet the client is not idle: it is waiting on us.
+        self.last_read = self._hub.loop.now() + delay
+        gevent.sleep(delay)
+
     def _wait_for_output_to_drain(self) -> None:
         """Backpressure: while this client owes itself much output, read no more from it."""
         if self._writer is None:
@@ -275,6 +344,8 @@ class Connection:
             if not isinstance(exc, ConnectionError):
                 self.log.info("socket_error", error=str(exc))
         self.closing = True
+
+    # -- writing --------------------------------------------------------------------------
 
     def flush_without_waiting(self) -> None:
         """Write what the socket takes now; start a writer for the rest (loop callback)."""
@@ -290,8 +361,11 @@ class Connection:
         outbox = self._outbox
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
         outbox.clear()
+        if self._closed:
+            self._queued = 0
+            return True
         try:
-            sent = self._raw.send(data) if self._raw is not None else 0
+            sent = self._raw.send(data)  # type: ignore[union-attr]
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -303,16 +377,18 @@ class Connection:
         if sent == len(data):
             return True
         outbox.append(data[sent:])
-        self.last_write_progress = self._hub.loop.now()
         return False
 
     def _drain(self) -> None:
-        """Writer greenlet: wait until the socket takes the whole outbox."""
+        """Writer: wait until the socket takes the whole outbox (a greenlet of its own,
+        or the handler's own greenlet once the handler has returned)."""
         try:
             self.last_write_progress = self._hub.loop.now()
-            while self._outbox and not self._sock.closed:
+            while self._outbox and not self._closed:
                 if self._raw is not None:
-                    self._hub.wait(self._write_event)
+                    if self._write_event is None:
+                        self._write_event = self._hub.loop.io(self._raw.fileno(), 2)
+                    self._wait(self._write_event)
                     before = self._queued
                     if self._write_available() or self._queued < before:
                         self.last_write_progress = self._hub.loop.now()
@@ -336,6 +412,19 @@ class Connection:
             self.bytes_out += sent
             self.last_write_progress = self._hub.loop.now()
 
+    # -- closing --------------------------------------------------------------------------
+
+    def _close_socket(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._raw is None:
+            self._sock.close()  # gevent's SSL socket wakes its own waiters
+            return
+        # Wake whoever waits on this socket with an error, then close the descriptor.
+        watchers = [self._read_event, self._write_event]
+        self._hub.cancel_waits_close_and_then(watchers, _CLOSED, self._raw.close)
+
     def finish(self) -> None:
         """After the handler: deliver what is queued, close gracefully, release the socket."""
         self.closing = True
@@ -344,15 +433,15 @@ class Connection:
         try:
             if self._writer is not None:
                 self._writer.join()
-            elif self._outbox and not self._sock.closed:
-                self._writer = gevent.getcurrent()
+            elif self._outbox and not self._closed:
+                self._writer = getcurrent()
                 self._drain()
             self._finished = True
-            if not self._sock.closed:
+            if not self._closed:
                 self._linger()
         finally:
             self._finished = True
-            self._sock.close()
+            self._close_socket()
 
     def _linger(self) -> None:
         try:
@@ -360,5 +449,18 @@ class Connection:
         except OSError:
             return
         with gevent.Timeout(LINGER_SECONDS, False):
-            while self._sock.recv(RECV_SIZE):
+            while self._receive_discarding():
                 pass
+
+    def _receive_discarding(self) -> bool:
+        """Read and drop what the client still sends; False at its end of stream."""
+        try:
+            if self._raw is None:
+                return bool(self._sock.recv(RECV_SIZE))
+            while True:
+                try:
+                    return bool(self._raw.recv_into(_receive_buffer))
+                except BlockingIOError:
+                    self._wait(self._read_event)
+        except OSError:
+            return False

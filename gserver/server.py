@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import gevent.socket
 from gevent import monkey
 from gevent.event import Event
-from gevent.pool import Group
 from gevent.server import StreamServer
 
 from gserver.connection import Connection, format_peer
@@ -33,6 +33,8 @@ from gserver.settings import Settings, SettingsError
 from gserver.tls import make_context
 
 Handler = Callable[[Connection], None]
+# The standard library's own socket class, even where gevent has patched the module.
+_RawSocket: Any = monkey.get_original("socket", "socket")
 # Descriptors kept free of clients: the listener, standard streams, log files, and one to
 # accept a client only to tell it that the server is full.
 SPARE_DESCRIPTORS = 32
@@ -137,11 +139,24 @@ def raise_open_file_limit(wanted_clients: int, log: Any) -> int:
 
 
 class _Acceptor(StreamServer):  # type: ignore[misc]
-    """gevent's StreamServer, with gserver's admission policy before each spawn."""
+    """gevent's StreamServer, handing out plain non-blocking sockets (no gevent wrapper, so
+    an idle client costs less), with gserver's admission policy before each spawn."""
 
     def __init__(self, listener: socket.socket, server: Server) -> None:
-        super().__init__(listener, spawn=server.handlers.spawn)
+        super().__init__(listener, spawn=gevent.spawn_raw)
         self.gserver = server
+
+    def do_read(self) -> tuple[Any, Any] | None:
+        try:
+            fd, address = self.socket._accept()
+        except BlockingIOError:
+            return None
+        sock = _RawSocket(self.socket.family, self.socket.type, 0, fd)
+        sock.setblocking(False)
+        return sock, address
+
+    def do_close(self, sock: Any, *args: Any) -> None:
+        sock.close()
 
     def do_handle(self, client: Any, address: Any) -> None:
         if self.gserver.admit(client, address):
@@ -178,7 +193,9 @@ class Server:
             self.registry = Registry()
         self.stats = Stats()
         self._metrics_server: Any = None
-        self.handlers = Group()
+        self.log_debug = self.settings.log_level == "debug"
+        self._drained = Event()  # set whenever no client is being served
+        self._drained.set()
         self.stopping = False
         self.max_clients = self.settings.max_clients
         self.started_at = time.monotonic()
@@ -323,11 +340,12 @@ class Server:
             conn.send(SHUTTING_DOWN)
             conn.close("server shutdown")
         self._flush_pending()
-        self.handlers.join(timeout=grace)
+        self._drained.wait(timeout=grace)
         unfinished = len(self._live)
         for conn in list(self._live):
             conn.abort("server shutdown")
-        self.handlers.kill(timeout=1)
+        if not self._drained.wait(timeout=1):
+            gevent.killall([conn.greenlet for conn in self._live], timeout=1)
         if self.registry.backplane is not None:
             self.registry.backplane.stop()
         if self._metrics_server is not None:
@@ -358,7 +376,7 @@ class Server:
         self.log.info("refused", client=format_peer(address), reason=reason)
         try:
             if reason != "stopping":
-                client._sock.send(SERVER_FULL)
+                client.send(SERVER_FULL)
             client.shutdown(socket.SHUT_WR)
         except OSError:
             pass
@@ -367,6 +385,9 @@ class Server:
 
     def serve_client(self, sock: Any, address: Any) -> None:
         """The greenlet of one client: set up, run the handler, clean up whatever happens."""
+        if self.stopping:  # accepted just before the stop began
+            sock.close()
+            return
         self._tune(sock)
         if self.settings.proxy_protocol or self.tls_context is not None:
             prepared = self._handshake(sock, address)
@@ -386,12 +407,13 @@ class Server:
                 sock.sendall(SERVER_FULL)
             sock.close()
             return
-        conn = Connection(self, sock, address, self.log)
+        conn = Connection(self, sock, address)
         self._live[conn] = None
+        self._drained.clear()
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self.registry.add(conn)
         self.stats.connections_total += 1
-        conn.log.info("connect")
+        self.log.info("connect", client=conn.peer)
         try:
             self.handler(conn)
         except Exception:
@@ -404,8 +426,11 @@ class Server:
                 conn.finish()
             finally:
                 del self._live[conn]
+                if not self._live:
+                    self._drained.set()
                 self.stats.bytes_in_closed += conn.bytes_in
                 self.stats.bytes_out_closed += conn.bytes_out
+                self.stats.messages_out += conn.messages_out
                 left = self._per_ip[ip] - 1
                 if left:
                     self._per_ip[ip] = left
@@ -426,6 +451,9 @@ class Server:
         logged and closed here, before it counts as connected; no one else waits on it.
         """
         timeout = self.settings.handshake_timeout or None
+        family, kind = sock.family, sock.type
+        # gevent's cooperative socket, for the blocking-style steps below.
+        sock = gevent.socket.socket(family, kind, 0, fileno=sock.detach())
         try:
             with gevent.Timeout(timeout, _HandshakeFailed(f"no handshake within {timeout}s")):
                 if self.settings.proxy_protocol:
@@ -437,6 +465,9 @@ class Server:
                         sock, server_side=True, do_handshake_on_connect=False
                     )
                     sock.do_handshake()
+                else:  # back to the plain socket and the fast path
+                    sock = _RawSocket(family, kind, 0, sock.detach())
+                    sock.setblocking(False)
         except (_HandshakeFailed, proxy.ProxyHeaderError, OSError) as exc:
             self.stats.handshake_failures += 1
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__

@@ -13,6 +13,7 @@ from gserver.protocol.text import (
     decode,
     echo_reply,
     iso_utc,
+    iso_utc_ms,
     sanitize,
     uptime_message,
     visible,
@@ -30,8 +31,16 @@ def test_iso_utc_converts_other_zones_to_utc() -> None:
 
 
 def test_echo_reply_strips_surrounding_whitespace() -> None:
-    moment = datetime(2026, 11, 27, 16, 8, 41, 0, tzinfo=UTC)
-    assert echo_reply("  hi there \t", moment) == "[2026-11-27T16:08:41.000Z] Echo: hi there\n"
+    epoch_ms = int(datetime(2026, 11, 27, 16, 8, 41, tzinfo=UTC).timestamp()) * 1000 + 7
+    assert echo_reply("  hi there \t", epoch_ms) == "[2026-11-27T16:08:41.007Z] Echo: hi there\n"
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))
+def test_iso_utc_ms_agrees_with_iso_utc(epoch_ms: int) -> None:
+    moment = datetime.fromtimestamp(epoch_ms // 1000, UTC).replace(
+        microsecond=(epoch_ms % 1000) * 1000
+    )
+    assert iso_utc_ms(epoch_ms) == iso_utc(moment)
 
 
 def test_uptime_message_is_a_decimal_number_of_seconds() -> None:

@@ -13,6 +13,8 @@ WELCOME = b"Welcome to TCP Server!\n"
 
 def handle(conn: Connection) -> None:
     conn.send(WELCOME)
-    for chunk in conn.chunks():
-        conn.log.debug("data", size=len(chunk))
+    debug = conn.server.log_debug
+    while chunk := conn.receive():
+        if debug:
+            conn.log.debug("data", size=len(chunk))
         conn.send(b"Echo: " + chunk)

@@ -5,7 +5,7 @@ The periodic uptime broadcast that goes with it is started by ``ticker``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 
 from gserver.connection import Connection
 from gserver.protocol.text import echo_reply
@@ -14,4 +14,4 @@ from gserver.protocol.text import echo_reply
 def handle(conn: Connection) -> None:
     conn.send(f"Welcome! Currently {conn.registry.count_online()} clients online\n")
     for line in conn.lines():
-        conn.send(echo_reply(line, datetime.now(UTC)))
+        conn.send(echo_reply(line, time.time_ns() // 1_000_000))

@@ -45,6 +45,13 @@ class LineFramer:
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the lines they complete, in order."""
+        limit = self.max_line_bytes
+        if not self._pending and not self._discarding:
+            # The common case, one whole line in one chunk, without the general loop.
+            end = len(data) - 1
+            if end >= 0 and data[end] == 10 and data.find(b"\n", 0, end) < 0:
+                stop = end - 1 if end > 0 and data[end - 1] == 13 else end
+                return [data[:stop] if stop <= limit else LINE_TOO_LONG]
         frames: list[Frame] = []
         start = 0
         if self._discarding or self._pending:
@@ -61,7 +68,6 @@ class LineFramer:
                 self._emit(bytes(self._pending), frames)
                 self._pending = bytearray()
             start = newline + 1
-        limit = self.max_line_bytes
         find = data.find
         end = len(data)
         while start < end:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import codecs
 import re
+import time
 from datetime import UTC, datetime
 
 # ANSI escape sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), and two-byte
@@ -43,14 +44,30 @@ def sanitize(text: str) -> str:
 
 def iso_utc(moment: datetime) -> str:
     """JavaScript's ``Date.prototype.toISOString()``: ``2026-11-27T16:08:41.123Z``."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    utc = moment.astimezone(UTC)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
-def echo_reply(line: str, moment: datetime) -> str:
-    """The echo mode's answer to one line."""
-    return f"[{iso_utc(moment)}] Echo: {line.strip()}\n"
+class _SecondCache:
+    """The date and time of one second, formatted once: strftime costs microseconds, and
+    an echo server answers thousands of lines within the same second."""
+
+    second = -1
+    text = ""
+
+
+def iso_utc_ms(epoch_ms: int) -> str:
+    """:func:`iso_utc` of a time in milliseconds since the epoch (``Date.now()``)."""
+    second, millis = divmod(epoch_ms, 1000)
+    if second != _SecondCache.second:
+        _SecondCache.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _SecondCache.second = second
+    return f"{_SecondCache.text}.{millis:03d}Z"
+
+
+def echo_reply(line: str, epoch_ms: int) -> str:
+    """The echo mode's answer to one line received at ``epoch_ms``."""
+    return f"[{iso_utc_ms(epoch_ms)}] Echo: {line.strip()}\n"
 
 
 def uptime_message(seconds: float) -> str:
