@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -55,6 +55,26 @@ class _Wakeup(Exception):
 
 _WAKEUP = _Wakeup()
 _CLOSED = OSError(errno.EBADF, "connection closed")
+
+
+def send_to_all(members: Iterable[Any], data: bytes) -> None:
+    """``member.send(data)`` for each member: the broadcast fan-out, where per-message cost
+    decides chat throughput, with :meth:`Connection.send` inlined for connections."""
+    size = len(data)
+    for member in members:
+        if member.__class__ is not Connection:
+            member.send(data)
+            continue
+        if member.closing:
+            continue
+        member._outbox.append(data)
+        member._queued += size
+        member.messages_out += 1
+        if member._queued > member._max_output:
+            member._over_output_limit()
+        elif not member._flush_scheduled and member._writer is None:
+            member._flush_scheduled = True
+            member.server.schedule_flush(member)
 
 
 def format_peer(address: Any) -> str:
@@ -227,12 +247,15 @@ class Connection:
         self._queued += len(data)
         self.messages_out += 1
         if self._queued > self._max_output:
-            self.server.stats.slow_consumers += 1
-            self.abort("slow consumer", queued_bytes=self._queued)
+            self._over_output_limit()
             return
         if not self._flush_scheduled and self._writer is None:
             self._flush_scheduled = True
             self.server.schedule_flush(self)
+
+    def _over_output_limit(self) -> None:
+        self.server.stats.slow_consumers += 1
+        self.abort("slow consumer", queued_bytes=self._queued)
 
     def close(self, reason: str = "closed by server") -> None:
         """Stop reading; what was sent before still goes out, then the connection closes."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from gserver.connection import send_to_all
 from gserver.protocol.chat import Member, name_key
 
 if TYPE_CHECKING:
@@ -79,17 +80,13 @@ class ChatRoom:
 
     def publish(self, text: str, exclude: Member | None = None) -> None:
         data = text.encode("utf-8", "surrogateescape")
-        for member, _, _ in list(self._by_key.values()):
-            if member is not exclude:
-                member.send(data)
+        send_to_all([m for m, _, _ in self._by_key.values() if m is not exclude], data)
 
     def publish_since(self, text: str, stamp: int) -> None:
         """Deliver here to members who had joined by ``stamp`` (an event from elsewhere
         that was sent before a newer member arrived is not theirs to see)."""
         data = text.encode("utf-8", "surrogateescape")
-        for member, _, joined in list(self._by_key.values()):
-            if joined <= stamp:
-                member.send(data)
+        send_to_all([m for m, _, joined in self._by_key.values() if joined <= stamp], data)
 
     def send_to(self, name: str, text: str) -> str | None:
         return self.deliver_to_key(name_key(name), text)
@@ -151,9 +148,7 @@ class Registry:
         """Queue ``data`` for every client of this process, encoded once for all."""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
-        for conn in list(self._connections):
-            if conn is not exclude:
-                conn.send(data)
+        send_to_all([c for c in self._connections if c is not exclude], data)
 
     def broadcast(self, text: str) -> None:
         """Send ``[Broadcast] <text>`` as one line to everyone (seed section 3)."""
