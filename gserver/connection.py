@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +147,7 @@ class Connection:
         self.close_reason: str | None = None
         self.greenlet = getcurrent()
         now = hub.loop.now()
-        self.connected_at = time.monotonic()
+        self.connected_at = now
         self.last_read = now
         self.last_write_progress = now
         self.bytes_in = 0

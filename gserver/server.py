@@ -42,6 +42,10 @@ SERVER_FULL = b"Server full, try again later\n"
 SHUTTING_DOWN = "Server shutting down\n"
 
 
+def _client_ip(address: Any) -> str:
+    return format_peer(address).rpartition(":")[0]
+
+
 class _HandshakeFailed(Exception):
     """The client did not complete the PROXY header or TLS handshake in time."""
 
@@ -159,10 +163,11 @@ class _Acceptor(StreamServer):  # type: ignore[misc]
         sock.close()
 
     def do_handle(self, client: Any, address: Any) -> None:
+        # serve_client closes the socket itself, so no close-when-done wrapper is needed.
         if self.gserver.admit(client, address):
-            super().do_handle(client, address)
+            gevent.spawn_raw(self.gserver.serve_client, client, address)
 
-    def handle(self, client: Any, address: Any) -> None:
+    def handle(self, client: Any, address: Any) -> None:  # required by gevent; unused
         self.gserver.serve_client(client, address)
 
 
@@ -357,18 +362,13 @@ class Server:
 
     def admit(self, client: Any, address: Any) -> bool:
         """Decide, in the accept callback, whether a new client gets a greenlet."""
-        ip = format_peer(address).rpartition(":")[0]
-        per_ip_limit = self.settings.max_clients_per_ip
         if self.stopping:
             reason = "stopping"
         elif len(self._live) >= self.max_clients:
             self.stats.refused_full += 1
             reason = "max_clients"
-        elif (
-            per_ip_limit
-            and not self.settings.proxy_protocol  # the real address comes later, in the header
-            and self._per_ip.get(ip, 0) >= per_ip_limit
-        ):
+        # With the PROXY protocol the real address comes later, in the header.
+        elif not self.settings.proxy_protocol and self._over_per_ip_limit(address):
             self.stats.refused_per_ip += 1
             reason = "max_clients_per_ip"
         else:
@@ -383,8 +383,31 @@ class Server:
         client.close()
         return False
 
+    def _over_per_ip_limit(self, address: Any) -> bool:
+        limit = self.settings.max_clients_per_ip
+        return bool(limit) and self._per_ip.get(_client_ip(address), 0) >= limit
+
+    def _count_ip(self, address: Any, change: int) -> None:
+        """Keep the per-IP counts, only where there is a per-IP limit to enforce."""
+        if not self.settings.max_clients_per_ip:
+            return
+        ip = _client_ip(address)
+        count = self._per_ip.get(ip, 0) + change
+        if count > 0:
+            self._per_ip[ip] = count
+        else:
+            self._per_ip.pop(ip, None)
+
     def serve_client(self, sock: Any, address: Any) -> None:
         """The greenlet of one client: set up, run the handler, clean up whatever happens."""
+        try:
+            self._serve_client(sock, address)
+        except Exception:  # a bug of ours: logged, never a bare traceback on stderr
+            self.log.exception("internal_error", client=format_peer(address))
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _serve_client(self, sock: Any, address: Any) -> None:
         if self.stopping:  # accepted just before the stop began
             sock.close()
             return
@@ -394,23 +417,17 @@ class Server:
             if prepared is None:
                 return
             sock, address = prepared
-        ip = format_peer(address).rpartition(":")[0]
-        per_ip_limit = self.settings.max_clients_per_ip
-        if (
-            self.settings.proxy_protocol
-            and per_ip_limit
-            and self._per_ip.get(ip, 0) >= per_ip_limit
-        ):
-            self.stats.refused_per_ip += 1
-            self.log.info("refused", client=format_peer(address), reason="max_clients_per_ip")
-            with gevent.Timeout(self.settings.handshake_timeout or None, False):
-                sock.sendall(SERVER_FULL)
-            sock.close()
-            return
+            if self.settings.proxy_protocol and self._over_per_ip_limit(address):
+                self.stats.refused_per_ip += 1
+                self.log.info("refused", client=format_peer(address), reason="max_clients_per_ip")
+                with gevent.Timeout(self.settings.handshake_timeout or None, False):
+                    sock.sendall(SERVER_FULL)
+                sock.close()
+                return
         conn = Connection(self, sock, address)
         self._live[conn] = None
         self._drained.clear()
-        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self._count_ip(address, +1)
         self.registry.add(conn)
         self.stats.connections_total += 1
         self.log.info("connect", client=conn.peer)
@@ -425,24 +442,25 @@ class Server:
             try:
                 conn.finish()
             finally:
-                del self._live[conn]
-                if not self._live:
-                    self._drained.set()
-                self.stats.bytes_in_closed += conn.bytes_in
-                self.stats.bytes_out_closed += conn.bytes_out
-                self.stats.messages_out += conn.messages_out
-                left = self._per_ip[ip] - 1
-                if left:
-                    self._per_ip[ip] = left
-                else:
-                    del self._per_ip[ip]
-                conn.log.info(
-                    "disconnect",
-                    reason=conn.close_reason,
-                    duration=round(time.monotonic() - conn.connected_at, 3),
-                    bytes_in=conn.bytes_in,
-                    bytes_out=conn.bytes_out,
-                )
+                self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        """The client is gone: count it out, keep its totals, log its disconnect."""
+        del self._live[conn]
+        if not self._live:
+            self._drained.set()
+        self._count_ip(conn.address, -1)
+        stats = self.stats
+        stats.bytes_in_closed += conn.bytes_in
+        stats.bytes_out_closed += conn.bytes_out
+        stats.messages_out += conn.messages_out
+        conn.log.info(
+            "disconnect",
+            reason=conn.close_reason,
+            duration=round(gevent.get_hub().loop.now() - conn.connected_at, 3),
+            bytes_in=conn.bytes_in,
+            bytes_out=conn.bytes_out,
+        )
 
     def _handshake(self, sock: Any, address: Any) -> tuple[Any, Any] | None:
         """Read the PROXY header and do the TLS handshake, within handshake_timeout.
