@@ -283,10 +283,6 @@ class Connection:
             and now - self.last_write_progress >= write_timeout
         )
 
-    @property
-    def idle_seconds(self) -> float:
-        return float(self._hub.loop.now() - self.last_read)
-
     # -- reading --------------------------------------------------------------------------
 
     def _wait(self, watcher: Any) -> None:

@@ -14,7 +14,6 @@ import os
 import resource
 import signal
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -203,7 +202,6 @@ class Server:
         self._drained.set()
         self.stopping = False
         self.max_clients = self.settings.max_clients
-        self.started_at = time.monotonic()
         self._live: dict[Connection, None] = {}
         self._per_ip: dict[str, int] = {}
         self._pending_flush: list[Connection] = []

@@ -181,6 +181,30 @@ def test_redis_going_away_and_coming_back(start_server, redis_server: Redis) -> 
         client.close()
 
 
+def test_a_crashed_nodes_users_vanish_within_the_ttl(start_server, redis_server: Redis) -> None:
+    one = node(start_server, redis_server, "--mode", "chat")
+    two = node(start_server, redis_server, "--mode", "chat")
+    alice = chat_join(one.port, "alice")
+    bob = chat_join(two.port, "bob")
+    assert alice.read_line() == "bob joined the chat\n"
+    two.proc.kill()  # no goodbye: only the heartbeat's expiry tells
+    two.wait()
+    deadline = time.monotonic() + WAIT
+    while True:
+        alice.send_line("/users")
+        if alice.read_line() == "Online users: alice\n":
+            break
+        assert time.monotonic() < deadline, "the crashed node's user is still listed"
+        time.sleep(0.5)
+    # and the name is free again
+    with Client(one.port) as new_bob:
+        new_bob.read_until("Enter your username: ")
+        new_bob.send_line("bob")
+        assert new_bob.read_line() == "Welcome bob!\n"
+    alice.close()
+    bob.close()
+
+
 def read_until_prefix(client: Client, prefix: str) -> str:
     while not (line := client.read_line()).startswith(prefix):
         pass

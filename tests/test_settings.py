@@ -113,6 +113,9 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         (["--handler", "no_such_module_xyz:handle"], {}, "handler"),
         (["--config", "missing.toml"], {}, "config"),
         (["--no-such-flag"], {}, "--no-such-flag"),
+        (["--workers", "2", "--mode", "chat"], {}, "backplane"),
+        (["--workers", "0"], {}, "workers"),
+        (["--backplane", "http://x"], {}, "backplane"),
     ],
 )
 def test_cli_bad_setting_is_one_line_exit_2(

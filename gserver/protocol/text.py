@@ -56,13 +56,16 @@ class _SecondCache:
     text = ""
 
 
+_MILLIS = [f"{n:03d}" for n in range(1000)]
+
+
 def iso_utc_ms(epoch_ms: int) -> str:
     """:func:`iso_utc` of a time in milliseconds since the epoch (``Date.now()``)."""
     second, millis = divmod(epoch_ms, 1000)
     if second != _SecondCache.second:
         _SecondCache.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _SecondCache.second = second
-    return f"{_SecondCache.text}.{millis:03d}Z"
+    return f"{_SecondCache.text}.{_MILLIS[millis]}Z"
 
 
 def echo_reply(line: str, epoch_ms: int) -> str:
