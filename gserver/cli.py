@@ -29,7 +29,7 @@ from gserver.workers import Master
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_SETTING = 0, 1, 2
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (no usage dump), exit status 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -37,7 +37,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="gserver",
         description="A line-based TCP server on gevent: basic, echo, chat and inspect modes.",
         epilog=(

@@ -16,18 +16,14 @@ import socket
 import ssl
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+
+from gserver.cli import OneLineParser
 
 EXIT_OK, EXIT_CONNECT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog="gserver.client", description="Talk to a gserver (or any line server)."
     )
     parser.add_argument("--host", default="localhost", help="server host (default: localhost)")
