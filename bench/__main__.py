@@ -18,11 +18,12 @@ from bench.procs import (
     export_gserver,
     node_available,
     raise_nofile_limit,
+    redis_available,
 )
 from bench.report import chart, markdown, stdout_summary
 from bench.scenarios import Config, run_scenario, scenarios
 
-ALL = ("echo", "chat", "idle", "startup")
+ALL = ("echo", "chat", "cluster", "idle", "startup")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"the Node side is skipped: {skip_node}; gserver and references still run."
         notes.append(msg)
         print(f"[bench] NOTE: {msg}", file=sys.stderr, flush=True)
+    skip_redis = redis_available() if "cluster" in chosen else None
+    if skip_redis:
+        notes.append(f"the cluster scenario is skipped: {skip_redis}; the rest still runs.")
     if nofile < cfg.idle_conns + 1000 and "idle" in chosen:
         notes.append(f"RLIMIT_NOFILE is {nofile}, below the idle scenario's needs.")
     results = []
@@ -137,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         defs = scenarios(gserver_cwd)
         for name in chosen:
-            results.append(run_scenario(defs[name], cfg, built["loadgen"], logs, skip_node))
+            results.append(
+                run_scenario(defs[name], cfg, built["loadgen"], logs, skip_node, skip_redis)
+            )
     elapsed = time.monotonic() - t0
     out_dir: Path = ns.output
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ Every server listens on 127.0.0.1 only, on a free port picked here, and every wa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
 import os
 import resource
 import shutil
@@ -17,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -73,6 +76,15 @@ def node_available() -> str | None:
     return None
 
 
+def redis_available() -> str | None:
+    """Why the Redis backplane cannot run, or None when it can."""
+    if shutil.which("redis-server") is None:
+        return "`redis-server` is not on PATH"
+    if importlib.util.find_spec("redis") is None:
+        return f"the `redis` Python package is not installed for {sys.executable}"
+    return None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -90,15 +102,31 @@ class ServerSpec:
     env: tuple[tuple[str, str], ...] = ()
     cwd: Path | None = None
     is_node: bool = False
+    # > 0: a fresh redis-server is started for each run ({redis_port} in argv), and the
+    # server counts as ready once this many processes subscribe to ``redis_channel``.
+    redis_subscribers: int = 0
+    redis_channel: str = "gserver:events"
 
-    def command(self, port: int) -> list[str]:
-        return [a.replace("{port}", str(port)) for a in self.argv]
+    def command(self, port: int, redis_port: int | None = None) -> list[str]:
+        argv = [a.replace("{port}", str(port)) for a in self.argv]
+        if redis_port is not None:
+            argv = [a.replace("{redis_port}", str(redis_port)) for a in argv]
+        return argv
 
     def display(self) -> str:
         env = " ".join(f"{k}={v}" for k, v in self.env)
         cmd = " ".join(self.argv).replace(sys.executable, "python").replace(str(REPO) + "/", "")
         where = f"(cd {self.cwd}) " if self.cwd else ""
-        return f"{where}{env + ' ' if env else ''}{cmd}"
+        out = f"{where}{env + ' ' if env else ''}{cmd}"
+        if self.redis_subscribers:
+            redis = " ".join(a or "''" for a in redis_argv("{redis_port}"))
+            out += f"` with a fresh `{redis}"
+        return out
+
+
+def redis_argv(port: int | str) -> list[str]:
+    """A throwaway redis-server on loopback: no snapshots, no append-only file."""
+    return ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
 
 
 GSERVER_FLAGS = (
@@ -150,6 +178,19 @@ def gserver(mode: str, *extra: str, cwd: Path = REPO) -> ServerSpec:
     )
 
 
+def gserver_workers(mode: str, workers: int, cwd: Path = REPO) -> ServerSpec:
+    """gserver with ``--workers N`` and a Redis backplane on a fresh redis-server per run."""
+    spec = gserver(
+        mode, "--workers", str(workers), "--backplane", f"redis://{HOST}:{{redis_port}}/0", cwd=cwd
+    )
+    return dataclasses.replace(
+        spec,
+        key=f"gserver-{mode}-workers{workers}",
+        label=f"gserver {mode} --workers {workers} + Redis",
+        redis_subscribers=workers,
+    )
+
+
 def node(script: str) -> ServerSpec:
     mode = script.split("-")[0]
     return ServerSpec(
@@ -190,10 +231,90 @@ class Running:
     exit_code: int | None = None
     killed: bool = False
     notes: list[str] = field(default_factory=list)
+    redis: RedisRunning | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+
+@dataclass
+class RedisRunning:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(host=HOST, port=self.port, socket_timeout=5, decode_responses=True)
+
+
+@contextlib.contextmanager
+def redis_server(log_dir: Path) -> Iterator[RedisRunning]:
+    """A fresh redis-server on a free loopback port, answering PING; stopped on exit."""
+    import redis
+
+    port = free_port()
+    log_path = log_dir / f"redis-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            redis_argv(port), stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=log_dir
+        )
+    rs = RedisRunning(proc=proc, port=port, log_path=log_path)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(
+                    f"redis-server exited with {proc.returncode} before serving:\n" + tail(log_path)
+                )
+            try:
+                if rs.client().ping():
+                    break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"redis-server not answering after {STARTUP_TIMEOUT}s"
+                    ) from None
+                time.sleep(0.01)
+        yield rs
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        rs.exit_code = proc.returncode
+
+
+def _wait_subscribers(run: Running) -> None:
+    """Until every worker has subscribed to the backplane channel (or a bound runs out)."""
+    assert run.redis is not None
+    client = run.redis.client()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    want, channel = run.spec.redis_subscribers, run.spec.redis_channel
+    while True:
+        have = int(dict(client.pubsub_numsub(channel)).get(channel, 0))
+        if have >= want:
+            return
+        if run.proc.poll() is not None:
+            raise BenchError(
+                f"{run.spec.label} exited with {run.proc.returncode}:\n" + tail(run.log_path)
+            )
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"{run.spec.label}: {have} of {want} workers subscribed to {channel} "
+                f"after {STARTUP_TIMEOUT}s"
+            )
+        time.sleep(0.01)
 
 
 def greet(port: int, end: bytes, timeout: float = 10.0) -> float:
@@ -237,26 +358,30 @@ def tail(path: Path, lines: int = 20) -> str:
 @contextlib.contextmanager
 def serve(spec: ServerSpec, log_dir: Path) -> Iterator[Running]:
     """Start ``spec`` on a free port, wait for its first greeting, stop it on exit."""
-    port = free_port()
-    log_path = log_dir / f"{spec.key}-{port}.log"
-    env = dict(os.environ)
-    env.update({k: v.replace("{port}", str(port)) for k, v in spec.env})
-    with log_path.open("wb") as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            spec.command(port),
-            cwd=spec.cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    run = Running(spec=spec, proc=proc, port=port, log_path=log_path)
-    try:
-        run.startup_secs = _wait_ready(run, t0)
-        yield run
-    finally:
-        stop(run)
+    with contextlib.ExitStack() as stack:
+        rs = stack.enter_context(redis_server(log_dir)) if spec.redis_subscribers else None
+        port = free_port()
+        log_path = log_dir / f"{spec.key}-{port}.log"
+        env = dict(os.environ)
+        env.update({k: v.replace("{port}", str(port)) for k, v in spec.env})
+        with log_path.open("wb") as log:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                spec.command(port, rs.port if rs else None),
+                cwd=spec.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        run = Running(spec=spec, proc=proc, port=port, log_path=log_path, redis=rs)
+        try:
+            run.startup_secs = _wait_ready(run, t0)
+            if rs is not None:
+                _wait_subscribers(run)
+            yield run
+        finally:
+            stop(run)  # before its redis-server stops (ExitStack), so it leaves cleanly
 
 
 def stop(run: Running) -> None:
@@ -277,6 +402,51 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def tree_cpu_secs(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (a master and its workers)."""
+    total = cpu_secs(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            total += tree_cpu_secs(child)
+    return total
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets ``pid`` has open."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                out.add(link[8:-1])
+    return out
+
+
+def established_inodes(port: int) -> set[str]:
+    """Inodes of the IPv4 TCP connections established on local port ``port`` (server side)."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            out.add(f[9])
+    return out
 
 
 def cpu_secs(pid: int) -> float:

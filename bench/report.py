@@ -121,7 +121,7 @@ def ratio_rows(results: list[ScenarioResult]) -> list[tuple[Ratio, float | None]
 
 def ratios_table(results: list[ScenarioResult]) -> list[str]:
     rows = [
-        [r.label, f"{r.num} / {r.den}", fmt_ratio(v), f"{r.better} is better for gserver"]
+        [r.label, f"{r.num} / {r.den}", fmt_ratio(v), f"{r.better} is better for {r.good_for}"]
         for r, v in ratio_rows(results)
     ]
     return _table(["measure", "ratio of medians", "value", "reading"], rows)
@@ -167,7 +167,7 @@ def markdown(
     out += [f"- {k}: {v}" for k, v in asdict(cfg).items()]
     out += ["- servers (PORT is a free port picked per run):", ""]
     out += [f"  - {s.label}: `{s.display()}`" for s in _servers(results)]
-    out += ["", "## Ratios (gserver / other, medians)", ""]
+    out += ["", "## Ratios (medians: gserver / other; cluster: 2 workers / 1 process)", ""]
     out += ratios_table(results)
     if chart_name:
         out += ["", f"![ratios]({chart_name})"]
@@ -176,7 +176,8 @@ def markdown(
         out += [f"> {n}" for n in res.notes]
         if res.notes:
             out.append("")
-        out += scenario_tables(res)
+        if res.specs:
+            out += scenario_tables(res)
         failed = [r for r in res.runs if r.error]
         for r in failed:
             out += [
@@ -232,8 +233,8 @@ def chart(results: list[ScenarioResult], path: Path) -> bool:
         ax.invert_yaxis()
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}", va="center")
-        ax.set_xlabel("gserver / other (log scale; green = gserver better)")
-    ax.set_title("gserver vs references, ratio of medians")
+        ax.set_xlabel("gserver / other, or 2 workers / 1 process (log scale; green = better)")
+    ax.set_title("gserver vs references (and 2 workers vs 1 process), ratio of medians")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -244,6 +245,9 @@ def stdout_summary(results: list[ScenarioResult]) -> str:
     lines: list[str] = []
     for res in results:
         lines += ["", f"{res.name}: {res.title}"]
+        lines += [f"  ({n})" for n in res.notes]
+        if not res.specs:
+            continue
         header = ["server", *(c.header for c in res.columns)]
         rows = [
             [s.label, *(c.show(res.median(s.key, c.key)) for c in res.columns)] for s in res.specs
@@ -256,7 +260,7 @@ def stdout_summary(results: list[ScenarioResult]) -> str:
                     for i, (x, w) in enumerate(zip(row, widths, strict=True))
                 )
             )
-    lines += ["", "ratios (gserver / other, medians):"]
+    lines += ["", "ratios (medians: gserver / other; cluster: 2 workers / 1 process):"]
     for r, v in ratio_rows(results):
         lines.append(f"  {r.label}: {fmt_ratio(v)} ({r.better} is better)")
     return "\n".join(lines)

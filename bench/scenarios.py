@@ -1,4 +1,4 @@
-"""The four scenarios (echo, chat, idle, startup): which servers, what is measured, how.
+"""The scenarios (echo, chat, cluster, idle, startup): which servers, what is measured, how.
 
 Each scenario runs its servers alternately (A B A B ...) for ``rounds`` rounds; one run is
 one fresh server process measured by one loadgen process, both bounded in time.
@@ -6,6 +6,7 @@ one fresh server process measured by one loadgen process, both bounded in time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import selectors
 import statistics
@@ -26,12 +27,17 @@ from bench.procs import (
     BenchError,
     Running,
     ServerSpec,
+    children,
     cpu_secs,
+    established_inodes,
     greet,
     gserver,
+    gserver_workers,
     node,
     rss_bytes,
     serve,
+    socket_inodes,
+    tree_cpu_secs,
 )
 
 Metrics = dict[str, Any]
@@ -75,6 +81,7 @@ class Ratio:
     den: str
     metric: str
     better: str  # "higher" or "lower"
+    good_for: str = "gserver"  # whom ``better`` favours (the numerator)
 
 
 @dataclass
@@ -104,7 +111,9 @@ class ScenarioResult:
             for r in self.runs
             if r.spec.key == key and r.error is None and r.metrics.get(metric) is not None
         ]
-        return float(statistics.median(values)) if values else None
+        if not values or any(isinstance(v, str) for v in values):  # text: rounds only
+            return None
+        return float(statistics.median(values))
 
     def ratio(self, ratio: Ratio) -> float | None:
         num, den = self.median(ratio.num, ratio.metric), self.median(ratio.den, ratio.metric)
@@ -116,17 +125,34 @@ class ScenarioResult:
 # -- loadgen ------------------------------------------------------------------------------
 
 
-def run_loadgen(loadgen: Path, args: list[str], timeout: float) -> Metrics:
+def run_loadgen(
+    loadgen: Path, args: list[str], timeout: float, poll: Callable[[], None] | None = None
+) -> Metrics:
+    """Run loadgen to its end; ``poll`` (if any) is called about every 0.1 s meanwhile."""
     cmd = [str(loadgen), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"loadgen {args[0]} did not finish within {timeout:.0f}s") from None
-    if result.returncode != 0:
-        raise BenchError(f"loadgen exited {result.returncode}: {result.stderr.strip()}")
-    lines = result.stdout.strip().splitlines()
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"loadgen {args[0]} did not finish within {timeout:.0f}s"
+                    ) from None
+                if poll is not None:
+                    poll()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    if proc.returncode != 0:
+        raise BenchError(f"loadgen exited {proc.returncode}: {stderr.strip()}")
+    lines = stdout.strip().splitlines()
     if not lines:
-        raise BenchError(f"loadgen printed nothing; stderr: {result.stderr.strip()}")
+        raise BenchError(f"loadgen printed nothing; stderr: {stderr.strip()}")
     metrics: Metrics = json.loads(lines[-1])
     return metrics
 
@@ -175,10 +201,64 @@ def measure_chat(run: Running, cfg: Config, loadgen: Path) -> Metrics:
         "--quiet",
         str(cfg.chat_quiet),
     ]
-    cpu0, t0 = cpu_secs(run.pid), time.perf_counter()
-    out = run_loadgen(loadgen, args, timeout=60 + 5 + cfg.warmup + cfg.duration + 30 + 30)
-    cpu = (cpu_secs(run.pid) - cpu0) / (time.perf_counter() - t0) * 100
-    return {**out, "server_cpu_pct": cpu}
+    # With workers: how the kernel spread the clients (peak connections each worker held),
+    # and how many connections the workers opened to Redis.
+    workers = children(run.pid)
+    peak = dict.fromkeys(workers, 0)
+    rclient = run.redis.client() if run.redis else None
+
+    def sample() -> None:
+        try:
+            conns = established_inodes(run.port)
+        except OSError:
+            return
+        for w in workers:
+            with contextlib.suppress(OSError):  # a worker gone: the server log says why
+                peak[w] = max(peak[w], len(socket_inodes(w) & conns))
+
+    redis0 = rclient.info("stats")["total_connections_received"] if rclient else 0
+    redis_cpu0 = cpu_secs(run.redis.pid) if run.redis else 0.0
+    cpu0, t0 = tree_cpu_secs(run.pid), time.perf_counter()
+    out = run_loadgen(
+        loadgen,
+        args,
+        timeout=60 + 5 + cfg.warmup + cfg.duration + 30 + 30,
+        poll=sample if len(workers) > 1 else None,
+    )
+    wall = time.perf_counter() - t0
+    cpu = (tree_cpu_secs(run.pid) - cpu0) / wall * 100
+    metrics: Metrics = {**out, "server_cpu_pct": cpu}
+    expected = out.get("expected") or 0
+    metrics["lost_pct"] = out["lost"] / expected * 100 if expected else None
+    if len(workers) > 1:
+        metrics["clients_per_worker"] = " / ".join(str(peak[w]) for w in workers)
+    if run.redis is not None and rclient is not None:
+        metrics["redis_cpu_pct"] = (cpu_secs(run.redis.pid) - redis_cpu0) / wall * 100
+        metrics.update(_redis_stats(run, rclient, redis0))
+    return metrics
+
+
+def _redis_stats(run: Running, client: Any, connections0: int) -> Metrics:
+    """What Redis saw: PUBLISH calls, connections opened, subscribers it cut off."""
+    import redis
+
+    assert run.redis is not None
+    stats: Metrics = {}
+    try:
+        info = client.info("commandstats")
+        stats["redis_publishes"] = int(info.get("cmdstat_publish", {}).get("calls", 0))
+        opened = client.info("stats")["total_connections_received"] - connections0
+        stats["redis_connections_opened"] = int(opened)
+        channel = run.spec.redis_channel
+        stats["redis_subscribers_after"] = int(dict(client.pubsub_numsub(channel)).get(channel, 0))
+    except (redis.RedisError, OSError) as exc:  # a stat, not the measurement
+        stats["redis_error"] = f"{type(exc).__name__}: {exc}"
+    try:
+        log = run.redis.log_path.read_text(errors="replace")
+        stats["redis_kicks"] = log.count("overcoming of output buffer limits")
+    except OSError:
+        pass
+    return stats
 
 
 # -- idle ---------------------------------------------------------------------------------
@@ -259,10 +339,21 @@ class Scenario:
     measure: Measure
     columns: list[Column]
     ratios: list[Ratio]
+    needs_redis: bool = False
 
 
 def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
     us = "{:,.0f}"
+    chat_cols = [
+        Column("deliveries_per_sec", "deliveries/s"),
+        Column("p50_us", "p50 µs", us),
+        Column("p99_us", "p99 µs", us),
+        Column("messages_sent", "messages sent"),
+        Column("lost", "lost"),
+        Column("seq_gaps", "seq gaps"),
+        Column("errors", "errors"),
+        Column("server_cpu_pct", "server CPU %"),
+    ]
     echo_cols = [
         Column("round_trips_per_sec", "round trips/s"),
         Column("p50_us", "p50 µs", us),
@@ -325,16 +416,7 @@ def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
             "once the previous came back",
             [gserver("chat", cwd=gserver_cwd), node("chat-server.js")],
             measure_chat,
-            [
-                Column("deliveries_per_sec", "deliveries/s"),
-                Column("p50_us", "p50 µs", us),
-                Column("p99_us", "p99 µs", us),
-                Column("messages_sent", "messages sent"),
-                Column("lost", "lost"),
-                Column("seq_gaps", "seq gaps"),
-                Column("errors", "errors"),
-                Column("server_cpu_pct", "server CPU %"),
-            ],
+            chat_cols,
             [
                 Ratio(
                     "chat: deliveries/s",
@@ -345,6 +427,45 @@ def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
                 ),
                 Ratio("chat: p99 latency", "gserver-chat", "node-chat", "p99_us", "lower"),
             ],
+        ),
+        "cluster": Scenario(
+            "cluster",
+            "Cluster: the chat workload ({chat_clients} clients, {chat_senders} senders) on one "
+            "process and on 2 worker processes joined by Redis pub/sub",
+            [
+                gserver("chat", cwd=gserver_cwd),
+                gserver_workers("chat", 2, cwd=gserver_cwd),
+            ],
+            measure_chat,
+            [
+                *chat_cols[:5],
+                Column("lost_pct", "lost %", "{:,.2f}"),
+                *chat_cols[5:],
+                Column("redis_cpu_pct", "Redis CPU %"),
+                Column("clients_per_worker", "clients per worker"),
+                Column("redis_publishes", "Redis PUBLISHes"),
+                Column("redis_connections_opened", "Redis connections opened"),
+                Column("redis_kicks", "subscribers cut off by Redis"),
+            ],
+            [
+                Ratio(
+                    "chat, 2 workers + Redis / 1 process: deliveries/s",
+                    "gserver-chat-workers2",
+                    "gserver-chat",
+                    "deliveries_per_sec",
+                    "higher",
+                    "2 workers",
+                ),
+                Ratio(
+                    "chat, 2 workers + Redis / 1 process: p99 latency",
+                    "gserver-chat-workers2",
+                    "gserver-chat",
+                    "p99_us",
+                    "lower",
+                    "2 workers",
+                ),
+            ],
+            needs_redis=True,
         ),
         "idle": Scenario(
             "idle",
@@ -433,12 +554,22 @@ def summarize_log(path: Path) -> str:
 
 
 def run_scenario(
-    sc: Scenario, cfg: Config, loadgen: Path, log_dir: Path, skip_node: str | None
+    sc: Scenario,
+    cfg: Config,
+    loadgen: Path,
+    log_dir: Path,
+    skip_node: str | None,
+    skip_redis: str | None = None,
 ) -> ScenarioResult:
     specs = [s for s in sc.specs if not (s.is_node and skip_node)]
     title = sc.title.format(**vars(cfg))
+    if sc.needs_redis and skip_redis:
+        result = ScenarioResult(sc.name, title, [], sc.columns, sc.ratios)
+        result.notes.append(f"Scenario skipped: {skip_redis}, so there is no Redis backplane.")
+        print(f"[bench] NOTE: {sc.name} skipped: {skip_redis}", file=sys.stderr, flush=True)
+        return result
     result = ScenarioResult(sc.name, title, specs, sc.columns, sc.ratios)
-    if skip_node:
+    if skip_node and any(s.is_node for s in sc.specs):
         result.notes.append(f"Node servers skipped: {skip_node}.")
     for rnd in range(1, cfg.rounds + 1):
         for spec in specs:

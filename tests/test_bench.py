@@ -52,4 +52,37 @@ def test_quick_bench_writes_report_and_chart(tmp_path: Path) -> None:
         assert "gserver" in body
     if "the Node side is skipped" not in text:
         assert "node basic-server.js" in text
+    cluster = text.split("## cluster: ", 1)
+    assert len(cluster) == 2, "no cluster section"
+    body = cluster[1].split("\n## ", 1)[0]
+    if shutil.which("redis-server") is None:
+        assert "the cluster scenario is skipped: `redis-server` is not on PATH" in text
+    if "the cluster scenario is skipped" in text:
+        assert "> Scenario skipped: " in body and "| median |" not in body
+    else:
+        assert "deliveries/s" in body and "| median |" in body, "no cluster table"
+        assert "gserver chat --workers 2 + Redis" in body
+        assert "failed (below)" not in body, body
+        assert "2 workers + Redis / 1 process: deliveries/s" in text
     assert "ratios" in result.stdout
+
+
+def test_cluster_scenario_skipped_without_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without redis-server the cluster scenario starts nothing and says why in the report."""
+    from bench.procs import redis_available
+    from bench.report import markdown
+    from bench.scenarios import Config, run_scenario, scenarios
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server there
+    why = redis_available()
+    assert why == "`redis-server` is not on PATH"
+    cfg = Config(rounds=1)
+    res = run_scenario(scenarios(REPO)["cluster"], cfg, tmp_path / "loadgen", tmp_path, None, why)
+    assert res.runs == [] and res.specs == []
+    text = markdown([res], cfg, dt.datetime.now(dt.UTC), 0.0, None, [])
+    body = text.split("## cluster: ", 1)[1]
+    assert "> Scenario skipped: `redis-server` is not on PATH" in body
+    assert "| median |" not in body
+    assert "| chat, 2 workers + Redis / 1 process: deliveries/s | " in text and "n/a" in text
