@@ -36,6 +36,8 @@ HEARTBEAT_SECONDS = 2.0
 NODE_TTL = 6  # seconds: a node silent this long is gone, and so are its users
 QUEUE_LIMIT = 10_000  # events waiting for Redis; past it, the oldest are dropped
 BACKOFF_MAX = 10.0
+POOL_SIZE = 32  # Redis connections per process (the subscriber holds one of its own)
+POOL_WAIT = 5.0  # seconds a greenlet may wait for a free connection
 REDIS_ERRORS = (redis.RedisError, OSError)
 
 # Claim a name unless a live node other than ours holds it (atomic in Redis).
@@ -66,13 +68,19 @@ class Backplane:
         self.prefix = prefix
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}".replace("|", "_")
         self.log = log.bind(backplane=redact(url), node=self.node)
-        self.client = redis.Redis.from_url(
+        # A bounded pool that makes greenlets wait their turn: with a plain pool, hundreds
+        # of clients joining at once would exhaust it ("Too many connections") and look
+        # like Redis going down.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT,
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=5,
             decode_responses=True,
         )
+        self.client = redis.Redis(connection_pool=pool)
         self.channel = f"{prefix}:events"
         self.names_key = f"{prefix}:names"
         self.counts_key = f"{prefix}:counts"
