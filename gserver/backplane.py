@@ -36,6 +36,7 @@ HEARTBEAT_SECONDS = 2.0
 NODE_TTL = 6  # seconds: a node silent this long is gone, and so are its users
 QUEUE_LIMIT = 10_000  # events waiting for Redis; past it, the oldest are dropped
 BACKOFF_MAX = 10.0
+PRUNE_EVERY_BEATS = 15  # about every 30 s
 POOL_SIZE = 32  # Redis connections per process (the subscriber holds one of its own)
 POOL_WAIT = 5.0  # seconds a greenlet may wait for a free connection
 REDIS_ERRORS = (redis.RedisError, OSError)
@@ -68,19 +69,7 @@ class Backplane:
         self.prefix = prefix
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}".replace("|", "_")
         self.log = log.bind(backplane=redact(url), node=self.node)
-        # A bounded pool that makes greenlets wait their turn: with a plain pool, hundreds
-        # of clients joining at once would exhaust it ("Too many connections") and look
-        # like Redis going down.
-        pool = redis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            timeout=POOL_WAIT,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=5,
-            decode_responses=True,
-        )
-        self.client = redis.Redis(connection_pool=pool)
+        self.client: redis.Redis = None  # type: ignore[assignment]  # made in start()
         self.channel = f"{prefix}:events"
         self.names_key = f"{prefix}:names"
         self.counts_key = f"{prefix}:counts"
@@ -89,16 +78,34 @@ class Backplane:
         self.events_in = 0
         self.events_out = 0
         self.events_dropped = 0
-        self._queue: Queue[tuple[str, Any]] = Queue(QUEUE_LIMIT)
+        # Made in start(): a gevent queue needs the event loop, and a --workers master must
+        # fork before any loop exists.
+        self._queue: Queue[tuple[str, Any]] | None = None
         self._registry: Registry | None = None
         self._greenlets: list[gevent.Greenlet] = []
-        self._claim = self.client.register_script(_CLAIM)
-        self._release = self.client.register_script(_RELEASE)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, registry: Registry) -> None:
+        """Connect and join the cluster.  Nothing before this touches the event loop: a
+        --workers master builds a server to check its settings, then forks."""
         self._registry = registry
+        # A bounded pool that makes greenlets wait their turn: with a plain pool, hundreds
+        # of clients joining at once would exhaust it ("Too many connections") and look
+        # like Redis going down.
+        pool = redis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=5,
+            decode_responses=True,
+        )
+        self.client = redis.Redis(connection_pool=pool)
+        self._claim = self.client.register_script(_CLAIM)
+        self._release = self.client.register_script(_RELEASE)
+        self._queue = Queue(QUEUE_LIMIT)
         self._greenlets = [
             gevent.spawn(self._subscribe_forever),
             gevent.spawn(self._publish_forever),
@@ -158,10 +165,12 @@ class Backplane:
             gevent.sleep(min(BACKOFF_MAX, 0.25 * 2 ** min(failures, 6)))
 
     def _publish_forever(self) -> None:
+        queue = self._queue
+        assert queue is not None
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < 500 and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = [queue.get()]
+            while len(batch) < 500 and not queue.empty():
+                batch.append(queue.get_nowait())
             if not self.up:
                 self.events_dropped += len(batch)
                 continue
@@ -179,13 +188,43 @@ class Backplane:
                 self._mark(False, exc)
 
     def _heartbeat_forever(self) -> None:
+        beats = 0
         while True:
             if self.up:
                 try:
                     self.client.set(self.node_key_prefix + self.node, "1", ex=NODE_TTL)
+                    beats += 1
+                    if beats % PRUNE_EVERY_BEATS == 0:
+                        self._prune()
                 except REDIS_ERRORS as exc:
                     self._mark(False, exc)
             gevent.sleep(HEARTBEAT_SECONDS)
+
+    def _prune(self) -> None:
+        """Forget names and counts of nodes whose heartbeat has expired, and names this node
+        no longer holds (a release lost while Redis was away), so that nothing piles up."""
+        assert self._registry is not None
+        held = cast(dict[str, str], self.client.hgetall(self.names_key))
+        counts = cast(dict[str, str], self.client.hgetall(self.counts_key))
+        owners = {key: value.split("|", 1)[0] for key, value in held.items()}
+        nodes = sorted(set(owners.values()) | set(counts) - {self.node})
+        pipe = self.client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(self.node_key_prefix + node)
+        dead = {node for node, alive in zip(nodes, pipe.execute(), strict=True) if not alive}
+        local = set(self._registry.room.local_keys())
+        stale = [
+            k
+            for k, node in owners.items()
+            if node in dead or (node == self.node and k not in local)
+        ]
+        pipe = self.client.pipeline(transaction=False)
+        for key in stale:
+            owner = owners[key]
+            self._release(keys=[self.names_key], args=[key, owner], client=pipe)
+        for node in dead & set(counts):
+            pipe.hdel(self.counts_key, node)
+        pipe.execute()
 
     def _announce(self) -> None:
         """(Re)publish this node's presence: heartbeat, client count, the names it holds."""
@@ -198,10 +237,13 @@ class Backplane:
                 keys=[self.names_key], args=[key, value, self.node_key_prefix, self.node]
             ):
                 self.log.warning("name_conflict", name=name)
+        self._prune()
 
     # -- events ---------------------------------------------------------------------------
 
     def _enqueue(self, kind: str, value: Any) -> None:
+        if self._queue is None:  # not started: there is no cluster to tell yet
+            return
         try:
             self._queue.put_nowait((kind, value))
         except Full:
@@ -213,14 +255,17 @@ class Backplane:
         self._enqueue("event", json.dumps(event, ensure_ascii=False))
 
     def _receive(self, raw: str) -> None:
+        # Anyone who can reach Redis can publish on the channel: a malformed event is
+        # logged and skipped, and must never end the subscriber.
         try:
             event = json.loads(raw)
-        except ValueError:
-            return
-        if event.get("n") == self.node or self._registry is None:
-            return
-        self.events_in += 1
-        self._registry.deliver_remote(event)
+            if not isinstance(event, dict) or event.get("n") == self.node:
+                return
+            if self._registry is not None:
+                self.events_in += 1
+                self._registry.deliver_remote(event)
+        except Exception as exc:
+            self.log.warning("bad_event", error=str(exc), payload=str(raw)[:200])
 
     # -- names and counts -----------------------------------------------------------------
 
@@ -327,15 +372,19 @@ class ClusterChatRoom(ChatRoom):
         # Someone here may have taken it while we waited on Redis: then they hold it.
         return super().join(member, name, stamp)
 
-    def rename(self, member: Member, new_name: str) -> bool:
-        old_key, old_name = self.key_of(member), self.name_of(member)
-        if old_name is None or not super().rename(member, new_name):
-            return False
+    def rename(self, member: Member, new_name: str, stamp: int | None = None) -> bool:
+        # As in join: settle the claim in the cluster first, then rename here.
+        old_key = self.key_of(member)
         new_key = name_key(new_name)
-        if new_key != old_key and not self.backplane.claim(new_key, new_name, self.seq_of(member)):
-            super().rename(member, old_name)  # taken elsewhere in the cluster: undo
+        holder = self.holder_of(new_key)
+        if old_key is None or (holder is not None and holder is not member):
             return False
-        if old_key is not None and new_key != old_key:
+        stamp = time.time_ns() if stamp is None else stamp
+        if not self.backplane.claim(new_key, new_name, stamp):
+            return False
+        if not super().rename(member, new_name, stamp):
+            return False  # someone here took it meanwhile, and holds it in Redis too
+        if new_key != old_key:
             self.backplane.release(old_key)
         return True
 
@@ -350,8 +399,8 @@ class ClusterChatRoom(ChatRoom):
         if cluster is None:
             return super().names()
         # Local names the cluster does not show yet (joined while Redis was away) go last.
-        shown = set(cluster)
-        return cluster + [n for n in super().names() if n not in shown]
+        shown = {name_key(n) for n in cluster}
+        return cluster + [n for n in super().names() if name_key(n) not in shown]
 
     def publish(self, text: str, exclude: Member | None = None) -> None:
         super().publish(text, exclude)

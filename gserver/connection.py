@@ -240,9 +240,14 @@ class Connection:
         """Queue ``data`` for the client; never blocks.  Ignored once the connection closes."""
         if self.closing:
             return
-        if data.__class__ is str:
-            data = data.encode("utf-8", "surrogateescape")
-        self._outbox.append(data)  # type: ignore[arg-type]
+        if data.__class__ is not bytes:
+            if isinstance(data, str):
+                data = data.encode("utf-8", "surrogateescape")
+            elif isinstance(data, bytearray | memoryview):
+                data = bytes(data)
+            else:
+                raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+        self._outbox.append(data)
         self._queued += len(data)
         self.messages_out += 1
         if self._queued > self._max_output:
@@ -274,6 +279,12 @@ class Connection:
         self._outbox.clear()
         self._queued = 0
         self._close_socket()  # wakes any greenlet parked on this socket with an error
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the client owes itself so much output that it is not read (then it
+        is not idle: write_timeout watches it instead)."""
+        return self._queued > self._read_pause_bytes
 
     def writer_stalled(self, now: float, write_timeout: float) -> bool:
         """True when output has waited ``write_timeout`` seconds without any progress."""
@@ -479,6 +490,7 @@ class Connection:
                 try:
                     return bool(self._raw.recv_into(_receive_buffer))
                 except BlockingIOError:
-                    self._wait(self._read_event)
-        except OSError:
+                    pass
+                self._wait(self._read_event)
+        except (OSError, _Wakeup):  # a late wake-up from close() ends the wait just the same
             return False

@@ -35,7 +35,7 @@ class ChatRoom:
         self._key_of[member] = key
         return True
 
-    def rename(self, member: Member, new_name: str) -> bool:
+    def rename(self, member: Member, new_name: str, stamp: int | None = None) -> bool:
         old_key = self._key_of.get(member)
         new_key = name_key(new_name)
         holder = self._by_key.get(new_key)
@@ -43,7 +43,7 @@ class ChatRoom:
             return False
         # A new name takes a new place at the end of the join order, like a new arrival.
         del self._by_key[old_key]
-        self._by_key[new_key] = (member, new_name, time.time_ns())
+        self._by_key[new_key] = (member, new_name, time.time_ns() if stamp is None else stamp)
         self._key_of[member] = new_key
         return True
 
@@ -60,6 +60,10 @@ class ChatRoom:
 
     def holds(self, key: str) -> bool:
         return key in self._by_key
+
+    def holder_of(self, key: str) -> Member | None:
+        entry = self._by_key.get(key)
+        return None if entry is None else entry[0]
 
     def key_of(self, member: Member) -> str | None:
         return self._key_of.get(member)

@@ -39,6 +39,7 @@ _RawSocket: Any = monkey.get_original("socket", "socket")
 SPARE_DESCRIPTORS = 32
 SERVER_FULL = b"Server full, try again later\n"
 SHUTTING_DOWN = "Server shutting down\n"
+ACCEPT_RETRY_SECONDS = 0.1
 
 
 def _client_ip(address: Any) -> str:
@@ -152,7 +153,15 @@ class _Acceptor(StreamServer):  # type: ignore[misc]
     def do_read(self) -> tuple[Any, Any] | None:
         try:
             fd, address = self.socket._accept()
-        except BlockingIOError:
+        except (BlockingIOError, ConnectionAbortedError):
+            return None
+        except OSError as exc:
+            # Out of descriptors or memory: pause accepting briefly instead of spinning
+            # (and instead of gevent printing a traceback on every retry).
+            self.gserver.log.error("accept_failed", error=exc.strerror or str(exc))
+            self.stop_accepting()
+            self._timer = self.loop.timer(ACCEPT_RETRY_SECONDS)
+            self._timer.start(self._start_accepting_if_started)
             return None
         sock = _RawSocket(self.socket.family, self.socket.type, 0, fd)
         sock.setblocking(False)
@@ -204,6 +213,7 @@ class Server:
         self.max_clients = self.settings.max_clients
         self._live: dict[Connection, None] = {}
         self._per_ip: dict[str, int] = {}
+        self._admitted = 0  # clients admitted and not yet gone, handshaking ones included
         self._pending_flush: list[Connection] = []
         self._acceptor: _Acceptor | None = None
         self._listener: socket.socket | None = None
@@ -333,6 +343,12 @@ class Server:
             self._stopped.wait()
             return
         self.stopping = True
+        try:
+            self._stop_gracefully(why)
+        finally:
+            self._stopped.set()
+
+    def _stop_gracefully(self, why: str) -> None:
         grace = self.settings.shutdown_grace
         self.log.info("shutting_down", signal=why, clients=len(self._live), grace=grace)
         if self._acceptor is not None:
@@ -348,13 +364,13 @@ class Server:
         for conn in list(self._live):
             conn.abort("server shutdown")
         if not self._drained.wait(timeout=1):
-            gevent.killall([conn.greenlet for conn in self._live], timeout=1)
+            with gevent.Timeout(1, False):
+                gevent.killall([conn.greenlet for conn in self._live])
         if self.registry.backplane is not None:
             self.registry.backplane.stop()
         if self._metrics_server is not None:
             self._metrics_server.stop(timeout=1)
         self.log.info("stopped", unfinished_at_grace_end=unfinished)
-        self._stopped.set()
 
     # -- clients --------------------------------------------------------------------------
 
@@ -362,7 +378,9 @@ class Server:
         """Decide, in the accept callback, whether a new client gets a greenlet."""
         if self.stopping:
             reason = "stopping"
-        elif len(self._live) >= self.max_clients:
+        # Counted from admission on, handshakes included: a burst of connects accepted in
+        # one loop turn, or silent TLS clients, must not slip past the limits.
+        elif self._admitted >= self.max_clients:
             self.stats.refused_full += 1
             reason = "max_clients"
         # With the PROXY protocol the real address comes later, in the header.
@@ -370,6 +388,9 @@ class Server:
             self.stats.refused_per_ip += 1
             reason = "max_clients_per_ip"
         else:
+            self._admitted += 1
+            if not self.settings.proxy_protocol:
+                self._count_ip(address, +1)
             return True
         self.log.info("refused", client=format_peer(address), reason=reason)
         try:
@@ -404,6 +425,10 @@ class Server:
             self.log.exception("internal_error", client=format_peer(address))
             with contextlib.suppress(OSError):
                 sock.close()
+        finally:
+            self._admitted -= 1
+            if not self.settings.proxy_protocol:
+                self._count_ip(address, -1)
 
     def _serve_client(self, sock: Any, address: Any) -> None:
         if self.stopping:  # accepted just before the stop began
@@ -415,17 +440,31 @@ class Server:
             if prepared is None:
                 return
             sock, address = prepared
-            if self.settings.proxy_protocol and self._over_per_ip_limit(address):
+            refusal = None
+            if self.stopping:  # the stop began during the handshake
+                refusal = SHUTTING_DOWN.encode()
+            elif self.settings.proxy_protocol and self._over_per_ip_limit(address):
                 self.stats.refused_per_ip += 1
                 self.log.info("refused", client=format_peer(address), reason="max_clients_per_ip")
-                with gevent.Timeout(self.settings.handshake_timeout or None, False):
-                    sock.sendall(SERVER_FULL)
+                refusal = SERVER_FULL
+            if refusal is not None:
+                with gevent.Timeout(self.settings.handshake_timeout or 1, False):
+                    sock.sendall(refusal)
                 sock.close()
                 return
+        if self.settings.proxy_protocol:
+            self._count_ip(address, +1)
+            try:
+                self._serve_connection(sock, address)
+            finally:
+                self._count_ip(address, -1)
+        else:
+            self._serve_connection(sock, address)
+
+    def _serve_connection(self, sock: Any, address: Any) -> None:
         conn = Connection(self, sock, address)
         self._live[conn] = None
         self._drained.clear()
-        self._count_ip(address, +1)
         self.registry.add(conn)
         self.stats.connections_total += 1
         self.log.info("connect", client=conn.peer)
@@ -447,7 +486,6 @@ class Server:
         del self._live[conn]
         if not self._live:
             self._drained.set()
-        self._count_ip(conn.address, -1)
         stats = self.stats
         stats.bytes_in_closed += conn.bytes_in
         stats.bytes_out_closed += conn.bytes_out
@@ -526,7 +564,11 @@ class Server:
     def _flush_pending(self) -> None:
         pending, self._pending_flush = self._pending_flush, []
         for conn in pending:
-            conn.flush_without_waiting()
+            try:
+                conn.flush_without_waiting()
+            except Exception:  # one client's fault must not leave the others unwritten
+                conn.log.exception("flush_failed")
+                conn.abort("error")
 
     # -- timeouts -------------------------------------------------------------------------
 
@@ -549,7 +591,11 @@ class Server:
                 if conn.writer_stalled(now, s.write_timeout):
                     self.stats.slow_consumers += 1
                     conn.abort("slow consumer", stalled_seconds=s.write_timeout)
-                elif idle_timeout > 0 and now - conn.last_read >= idle_timeout:
+                elif (
+                    idle_timeout > 0
+                    and now - conn.last_read >= idle_timeout
+                    and not conn.reading_paused
+                ):
                     self.stats.idle_timeouts += 1
                     conn.log.info("idle_timeout", idle_timeout=idle_timeout)
                     conn.send("Timeout - closing connection\n")

@@ -202,8 +202,8 @@ def _check_tls(s: Settings) -> None:
 def _check_cluster(s: Settings) -> None:
     if s.workers < 1:
         raise SettingsError("workers", f"must be at least 1 (or auto), got {s.workers}")
-    if s.backplane is not None and not s.backplane.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("backplane", f"must be a redis:// URL, got {s.backplane!r}")
+    if s.backplane is not None:
+        _check_redis_url(s.backplane)
     if s.workers > 1 and s.mode in ("chat", "echo") and not s.handler and not s.backplane:
         raise SettingsError(
             "backplane",
@@ -214,6 +214,21 @@ def _check_cluster(s: Settings) -> None:
         raise SettingsError("backplane_prefix", "must be a non-empty word")
     if s.metrics_port is not None and not 0 <= s.metrics_port <= 65535:
         raise SettingsError("metrics_port", f"must be from 0 to 65535, got {s.metrics_port}")
+
+
+def _check_redis_url(url: str) -> None:
+    problem = None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        problem = "must be a redis://, rediss:// or unix:// URL"
+    else:
+        from redis.connection import parse_url
+
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            problem = str(exc) or "is not a valid Redis URL"
+    if problem:
+        raise SettingsError("backplane", f"{problem}, got {url!r}")
 
 
 def _check_host(s: Settings) -> None:

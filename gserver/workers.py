@@ -30,6 +30,7 @@ _signal: Callable[..., Any] = monkey.get_original("signal", "signal")
 _MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # A worker that dies sooner than this after starting is restarted only after a pause.
 CRASH_LOOP_SECONDS = 1.0
+EXIT_START_FAILED = 1
 
 RunWorker = Callable[[int, socket.socket], int]
 
@@ -64,11 +65,19 @@ class Master:
             index, started = self.workers.pop(pid)
             code = os.waitstatus_to_exitcode(status)
             self.log.info("worker_exited", worker=index, worker_pid=pid, status=code)
+            if self.stopping:
+                continue
+            if code == EXIT_START_FAILED and time.monotonic() - started < CRASH_LOOP_SECONDS:
+                # It could not start (its metrics port taken, say): restarting cannot help.
+                self.log.error("worker_cannot_start", worker=index)
+                self.stopping = True
+                self.exit_status = EXIT_START_FAILED
+                self._signal_workers(signal.SIGTERM)
+                continue
+            if time.monotonic() - started < CRASH_LOOP_SECONDS:
+                _sleep(CRASH_LOOP_SECONDS)
             if not self.stopping:
-                if time.monotonic() - started < CRASH_LOOP_SECONDS:
-                    _sleep(CRASH_LOOP_SECONDS)
-                if not self.stopping:
-                    self._spawn(index)
+                self._spawn(index)
         self.log.info("stopped", status=self.exit_status)
         return self.exit_status
 
@@ -115,6 +124,7 @@ class Master:
             self._signal_workers(signal.SIGQUIT)
             return
         if not self.stopping:  # a repeated SIGTERM changes nothing
+            # No logging here: a signal arriving in the middle of a log write would make
+            # the write re-entrant.  The workers log their own shutdown.
             self.stopping = True
-            self.log.info("shutting_down", signal=signal.Signals(signum).name)
             self._signal_workers(signal.SIGTERM)

@@ -121,6 +121,37 @@ def test_chat_crosses_two_gservers_through_redis(start_server, redis_server: Red
     alice.close()
 
 
+def redis_command(redis_server: Redis, *words: str) -> bytes:
+    """One command over a raw socket, as any client of that Redis could send it."""
+    request = f"*{len(words)}\r\n" + "".join(f"${len(w.encode())}\r\n{w}\r\n" for w in words)
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=WAIT) as s:
+        s.sendall(request.encode())
+        return s.recv(1024)
+
+
+def test_garbage_on_the_channel_and_renames_keep_the_cluster_whole(
+    start_server, redis_server: Redis
+) -> None:
+    one = node(start_server, redis_server, "--mode", "chat")
+    two = node(start_server, redis_server, "--mode", "chat")
+    alice = chat_join(one.port, "alice")
+    bob = chat_join(two.port, "bob")
+    assert alice.read_line() == "bob joined the chat\n"
+    for junk in ("5", "not json", '{"t": "room", "ts": "x", "text": 1}', "[1, 2]"):
+        redis_command(redis_server, "PUBLISH", "gserver:events", junk)
+    one.wait_for_events("bad_event", 2)
+    bob.send_line("still connected")
+    assert alice.read_line() == "[bob]: still connected\n"
+    # A rename that only changes case is one name, listed once everywhere.
+    bob.send_line("/nick BOB")
+    assert alice.read_line() == "bob is now known as BOB\n"
+    alice.send_line("/users")
+    assert alice.read_line() == "Online users: alice, BOB\n"
+    assert not any("Traceback" in line for line in one.raw_stderr + two.raw_stderr)
+    alice.close()
+    bob.close()
+
+
 def test_echo_counts_and_broadcasts_across_the_cluster(
     start_server, redis_server: Redis, tmp_path: Path
 ) -> None:

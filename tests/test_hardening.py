@@ -190,6 +190,25 @@ def test_a_client_over_max_clients_is_told_the_server_is_full(start_server) -> N
     second.close()
 
 
+def test_a_burst_of_connects_cannot_pass_max_clients(start_server) -> None:
+    server = start_server("--mode", "basic", "--max-clients", "5")
+    burst = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
+    greetings = []
+    for sock in burst:
+        sock.settimeout(10)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(100)
+            if not chunk:
+                break
+            reply += chunk
+        greetings.append(reply)
+    assert greetings.count(b"Welcome to TCP Server!\n") == 5
+    assert greetings.count(b"Server full, try again later\n") == 25
+    for sock in burst:
+        sock.close()
+
+
 def test_max_clients_per_ip(start_server) -> None:
     server = start_server("--mode", "basic", "--max-clients-per-ip", "1")
     with Client(server.port) as first:

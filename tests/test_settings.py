@@ -116,6 +116,7 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
         (["--workers", "2", "--mode", "chat"], {}, "backplane"),
         (["--workers", "0"], {}, "workers"),
         (["--backplane", "http://x"], {}, "backplane"),
+        (["--backplane", "redis://h:xx/0"], {}, "backplane"),
     ],
 )
 def test_cli_bad_setting_is_one_line_exit_2(
