@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT, Client, ServerProcess, chat_join
+from tests.conftest import WAIT, Client, ServerProcess, chat_join, clean_env, gserver_command
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
@@ -320,19 +320,11 @@ def test_the_master_restarts_a_worker_that_dies(start_server) -> None:
 def test_workers_keep_port_in_use_an_error(start_server, tmp_path: Path) -> None:
     server = start_server("--mode", "basic", "--workers", "2")
     result = subprocess.run(
-        [
-            *__import__("tests.conftest").conftest.gserver_command(
-                "--mode",
-                "basic",
-                "--workers",
-                "2",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(server.port),
-            )
-        ],
+        gserver_command(
+            "--mode", "basic", "--workers", "2", "--host", "127.0.0.1", "--port", str(server.port)
+        ),
         cwd=tmp_path,
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=30,
