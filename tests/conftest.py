@@ -111,6 +111,18 @@ def gserver_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "gserver", *args]
 
 
+def run_gserver(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gserver`` to completion (for start-up errors)."""
+    return subprocess.run(
+        gserver_command(*args),
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GSERVER_") and k != "PORT"}
     env["PYTHONUNBUFFERED"] = "1"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT, Client, ServerProcess, chat_join, clean_env, gserver_command
+from tests.conftest import WAIT, Client, ServerProcess, chat_join, run_gserver
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
@@ -319,15 +319,16 @@ def test_the_master_restarts_a_worker_that_dies(start_server) -> None:
 
 def test_workers_keep_port_in_use_an_error(start_server, tmp_path: Path) -> None:
     server = start_server("--mode", "basic", "--workers", "2")
-    result = subprocess.run(
-        gserver_command(
-            "--mode", "basic", "--workers", "2", "--host", "127.0.0.1", "--port", str(server.port)
-        ),
+    result = run_gserver(
+        "--mode",
+        "basic",
+        "--workers",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(server.port),
         cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
     )
     assert result.returncode == 1
     assert "already in use" in result.stderr

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Client, chat_join, clean_env, gserver_command
+from tests.conftest import Client, chat_join, run_gserver
 
 
 @pytest.mark.parametrize("mode", ["basic", "echo", "inspect"])
@@ -107,14 +106,7 @@ def test_grace_period_bounds_the_shutdown(start_server) -> None:
 
 def test_port_in_use_exits_1_with_one_line(start_server, tmp_path: Path) -> None:
     server = start_server("--mode", "basic")
-    result = subprocess.run(
-        gserver_command("--host", "127.0.0.1", "--port", str(server.port)),
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_gserver("--host", "127.0.0.1", "--port", str(server.port), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"gserver: error: port {server.port} is already in use on 127.0.0.1"

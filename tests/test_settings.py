@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from gserver.settings import DEFAULT_CONFIG, FIELDS, Settings, SettingsError, load
-from tests.conftest import REPO, clean_env, gserver_command
+from tests.conftest import REPO, run_gserver
 
 
 def write(path: Path, text: str) -> Path:
@@ -93,17 +92,6 @@ def test_a_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
         load({}, {}, tmp_path / "missing.toml")
 
 
-def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        gserver_command(*args),
-        cwd=cwd,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "env", "setting"),
     [
@@ -122,7 +110,7 @@ def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
 def test_cli_bad_setting_is_one_line_exit_2(
     args: list[str], env: dict[str, str], setting: str, tmp_path: Path
 ) -> None:
-    result = run_cli(*args, cwd=tmp_path, **env)
+    result = run_gserver(*args, cwd=tmp_path, **env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -132,13 +120,13 @@ def test_cli_bad_setting_is_one_line_exit_2(
 
 def test_cli_unknown_key_in_the_file_exits_2(tmp_path: Path) -> None:
     write(tmp_path / "bad.toml", "colour = 3\n")
-    result = run_cli("--config", "bad.toml", cwd=tmp_path)
+    result = run_gserver("--config", "bad.toml", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "gserver: error: setting 'colour': unknown setting in bad.toml"
 
 
 def test_help_lists_every_setting(tmp_path: Path) -> None:
-    result = run_cli("--help", cwd=tmp_path)
+    result = run_gserver("--help", cwd=tmp_path)
     assert result.returncode == 0
     for name in FIELDS:
         assert "--" + name.replace("_", "-") in result.stdout

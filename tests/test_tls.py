@@ -13,7 +13,7 @@ import pytest
 
 trustme = pytest.importorskip("trustme", reason="trustme makes the test certificates")
 
-from tests.conftest import REPO, WAIT, Client, clean_env  # noqa: E402
+from tests.conftest import REPO, WAIT, Client, clean_env, run_gserver  # noqa: E402
 
 
 @pytest.fixture
@@ -134,14 +134,7 @@ def test_bad_certificate_files_stop_the_start(
         certs["cert"].write_text("garbage")
     else:
         args = args[:2]
-    result = subprocess.run(
-        [sys.executable, "-m", "gserver", "--port", "0", *args],
-        cwd=tmp_path,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_gserver("--port", "0", *args, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and setting in lines[0], result.stderr
