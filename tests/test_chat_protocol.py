@@ -147,6 +147,15 @@ def test_invalid_names_are_refused() -> None:
     assert member.take() == f"Welcome {'x' * 32}!\n"
 
 
+def test_telnet_cr_nul_line_ends_are_tolerated() -> None:
+    member = FakeMember()
+    session = ChatSession(ChatRoom(), member)
+    session.start()
+    member.take()
+    session.receive("tina\r\x00")
+    assert member.take() == "Welcome tina!\n"
+
+
 def test_empty_lines_are_ignored_in_chat() -> None:
     room = ChatRoom()
     session, alice = joined(room, "alice")

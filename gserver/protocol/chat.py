@@ -106,7 +106,8 @@ class ChatSession:
         """Act on one line from the client (without its line ending)."""
         if self.state is State.CLOSED:
             return
-        line = line.strip()
+        # NUL never means anything here (telnet sends a bare CR as CR NUL).
+        line = line.replace("\x00", "").strip()
         if self.state is State.AWAITING_NAME:
             self._choose_name(line)
             return
