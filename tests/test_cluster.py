@@ -8,14 +8,13 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import WAIT, Client, ServerProcess, chat_join, run_gserver
+from tests.test_metrics import http_get
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
@@ -240,29 +239,6 @@ def read_until_prefix(client: Client, prefix: str) -> str:
     while not (line := client.read_line()).startswith(prefix):
         pass
     return line
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=WAIT) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def test_metrics_and_health(start_server) -> None:
-    server = start_server("--mode", "chat", "--metrics-port", "0", "--flood-rate", "0")
-    port = server.wait_for_log("metrics_listening")["port"]
-    alice = chat_join(server.port, "alice")
-    alice.send_line("one")
-    alice.read_line()
-    status, body = http_get(port, "/metrics")
-    assert status == 200
-    assert "gserver_connected_clients 1.0" in body
-    assert "gserver_lines_in_total 2.0" in body  # the name and one message
-    assert 'gserver_refused_total{reason="max_clients"} 0.0' in body
-    assert http_get(port, "/healthz") == (200, "ok\n")
-    alice.close()
 
 
 def worker_of(server: ServerProcess, client_port: int) -> int:
