@@ -46,8 +46,8 @@ class ServerCollector:
         yield counter("connections", "Clients accepted since start", stats.connections_total)
         yield counter("lines_in", "Lines received from clients", stats.lines_in)
         yield counter(
-            "messages_out",
-            "Messages queued for clients",
+            "lines_out",
+            "Messages (lines, prompts, chunks) queued for clients",
             stats.messages_out + sum(c.messages_out for c in live),
         )
         yield counter(

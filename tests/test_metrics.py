@@ -27,6 +27,8 @@ def test_metrics_and_health(start_server) -> None:
     assert status == 200
     assert "gserver_connected_clients 1.0" in body
     assert "gserver_lines_in_total 2.0" in body  # the name and one message
+    # out: the prompt, the welcome and the echoed message
+    assert "gserver_lines_out_total 3.0" in body
     assert 'gserver_refused_total{reason="max_clients"} 0.0' in body
     assert http_get(port, "/healthz") == (200, "ok\n")
     alice.close()
