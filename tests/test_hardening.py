@@ -209,6 +209,30 @@ def test_a_burst_of_connects_cannot_pass_max_clients(start_server) -> None:
         sock.close()
 
 
+def test_clients_that_come_and_go_leave_no_count_behind(start_server) -> None:
+    server = start_server(
+        "--mode", "basic", "--max-clients", "3", "--max-clients-per-ip", "3", "--proxy-protocol"
+    )
+    header = b"PROXY TCP4 198.51.100.9 127.0.0.1 4000 8080\r\n"
+    for i in range(30):
+        with Client(server.port) as client:
+            if i % 3 == 0:
+                client.send(b"garbage instead of a header\r\n")  # handshake fails
+                assert client.read_to_close() == ""
+            else:
+                client.send(header)
+                assert client.read_line() == "Welcome to TCP Server!\n"
+                if i % 3 == 2:
+                    reset(client)
+    server.wait_for_events("disconnect", 20)
+    # Every admission was given back: three clients at once are all served.
+    clients = [Client(server.port) for _ in range(3)]
+    for client in clients:
+        client.send(header)
+        assert client.read_line() == "Welcome to TCP Server!\n"
+        client.close()
+
+
 def test_max_clients_per_ip(start_server) -> None:
     server = start_server("--mode", "basic", "--max-clients-per-ip", "1")
     with Client(server.port) as first:
