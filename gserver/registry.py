@@ -68,13 +68,6 @@ class ChatRoom:
     def key_of(self, member: Member) -> str | None:
         return self._key_of.get(member)
 
-    def name_of(self, member: Member) -> str | None:
-        key = self._key_of.get(member)
-        return None if key is None else self._by_key[key][1]
-
-    def seq_of(self, member: Member) -> int:
-        return self._by_key[self._key_of[member]][2]
-
     def local_keys(self) -> list[str]:
         return list(self._by_key)
 
