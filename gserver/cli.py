@@ -9,9 +9,10 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from gserver import __version__
+from gserver.arguments import OneLineParser
 from gserver.logs import configure
 from gserver.modes import Mode, resolve
 from gserver.server import Server, StartError
@@ -27,13 +28,6 @@ from gserver.settings import (
 from gserver.workers import Master
 
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_SETTING = 0, 1, 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage dump), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_SETTING, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 
-from gserver.cli import OneLineParser
+from gserver.arguments import OneLineParser
 
 EXIT_OK, EXIT_CONNECT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -1,4 +1,4 @@
-"""The handler API (--handler and Server in a script), the client, and the Procfile."""
+"""The handler API (--handler and Server in a script) and the Procfile."""
 
 from __future__ import annotations
 
@@ -88,47 +88,6 @@ def test_server_as_a_library_in_a_script(tmp_path: Path) -> None:
         assert server.wait() == 0
     finally:
         server.stop()
-
-
-def run_client(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gserver.client", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=clean_env(),
-        cwd=REPO,
-    )
-
-
-def test_client_send_prints_replies_and_exits_0(start_server) -> None:
-    server = start_server("--mode", "basic")
-    result = run_client(
-        "--host", "127.0.0.1", "--port", str(server.port), "--send", "hi", "--wait", "0.5"
-    )
-    assert result.returncode == 0
-    assert result.stdout == "Connected to server\nWelcome to TCP Server!\nEcho: hi\n"
-
-
-def test_client_interactive_sends_typed_lines_until_the_server_closes(start_server) -> None:
-    server = start_server("--mode", "chat")
-    result = run_client("--host", "127.0.0.1", "--port", str(server.port), stdin="carol\n/quit\n")
-    assert result.returncode == 0
-    assert result.stdout == (
-        "Connected to server\nEnter your username: Welcome carol!\nDisconnected\n"
-    )
-
-
-def test_client_refused_connection_is_one_line_exit_1() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free_port = probe.getsockname()[1]
-    result = run_client("--host", "127.0.0.1", "--port", str(free_port), "--send", "x")
-    assert result.returncode == 1
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "cannot connect" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_procfile_runs_under_honcho_with_port_set(tmp_path: Path) -> None:
