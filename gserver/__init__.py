@@ -30,15 +30,21 @@ _EXPORTS = {
     "Server": ("gserver.server", "Server"),
     "Settings": ("gserver.settings", "Settings"),
     "SettingsError": ("gserver.settings", "SettingsError"),
-    "StartError": ("gserver.server", "StartError"),
-    "Stats": ("gserver.server", "Stats"),
+    "CloseReason": ("gserver.connection", "CloseReason"),
+    "IncompleteRead": ("gserver.connection", "IncompleteRead"),
+    "LimitExceeded": ("gserver.connection", "LimitExceeded"),
+    "StartError": ("gserver.listener", "StartError"),
+    "Stats": ("gserver.counters", "Stats"),
     "configure_logging": ("gserver.logs", "configure"),
     "load_settings": ("gserver.settings", "load"),
 }
 
 __all__ = [
     "ChatRoom",
+    "CloseReason",
     "Connection",
+    "IncompleteRead",
+    "LimitExceeded",
     "Registry",
     "Server",
     "Settings",
@@ -62,9 +68,11 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from gserver.connection import Connection
+    from gserver.connection import CloseReason, Connection, IncompleteRead, LimitExceeded
+    from gserver.counters import Stats
+    from gserver.listener import StartError
     from gserver.logs import configure as configure_logging
     from gserver.registry import ChatRoom, Registry
-    from gserver.server import Server, StartError, Stats
+    from gserver.server import Server
     from gserver.settings import Settings, SettingsError
     from gserver.settings import load as load_settings

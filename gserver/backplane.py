@@ -1,64 +1,110 @@
-"""Chat and broadcasts across processes and machines, through Redis.
+"""Chat and broadcasts across processes and machines, through Redis: a :class:`ClusterLink`.
 
 Every process (node) delivers to its own clients first, then tells the others through one
-Redis pub/sub channel; what comes in from the channel is delivered to local clients.
-Names live in a Redis hash, each tagged with its node; a node proves it is alive with a
-heartbeat key that expires, so a crashed node's users vanish within ``NODE_TTL`` seconds.
+Redis pub/sub channel; what comes in from the channel is delivered to local clients.  The
+wire format is ``protocol/cluster.py``'s: every event of one loop turn in one PUBLISH.
+Names live in a Redis hash, each tagged with its holder's node; a node proves it is alive
+with a heartbeat key that expires, so a crashed node's users vanish within ``NODE_TTL``.
 
 Delivery across nodes is what Redis pub/sub gives: at most once.  Within a node it stays
 exactly once and in order, whatever Redis does.  While Redis is away each node goes on
-serving its own clients, logs it, retries with backoff, and republishes its presence when
-Redis is back.  Handlers never wait on a dead Redis: remote publishing goes through a
-queue drained by one greenlet, and lookups fall back to what this node knows.
+serving its own clients, logs it once, retries with backoff, and republishes its presence
+when Redis is back.  Nothing on a client's connect or disconnect waits on Redis: counts go
+through the publishing queue and are read from what the heartbeat and the channel keep.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
-import time
-import uuid
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import gevent
 import redis
 from gevent.queue import Full, Queue
 
-from gserver.protocol.chat import Member, name_key
-from gserver.registry import ChatRoom
-
-if TYPE_CHECKING:
-    from gserver.registry import Registry
+from gserver.protocol.cluster import (
+    ClientCount,
+    ClusterCodecError,
+    Event,
+    Holder,
+    decode_holders,
+    decode_message,
+    encode_holder,
+    encode_message,
+    node_prefix,
+)
+from gserver.registry import LinkState, Registry
 
 HEARTBEAT_SECONDS = 2.0
 NODE_TTL = 6  # seconds: a node silent this long is gone, and so are its users
-QUEUE_LIMIT = 10_000  # events waiting for Redis; past it, the oldest are dropped
+QUEUE_LIMIT = 10_000  # events waiting for Redis; past it, the newest are dropped
+BATCH_EVENTS = 500  # events carried by one PUBLISH at most
 BACKOFF_MAX = 10.0
+RESTART_PAUSE = 1.0  # before a part of the backplane that crashed is started again
 PRUNE_EVERY_BEATS = 15  # about every 30 s
 POOL_SIZE = 32  # Redis connections per process (the subscriber holds one of its own)
 POOL_WAIT = 5.0  # seconds a greenlet may wait for a free connection
 REDIS_ERRORS = (redis.RedisError, OSError)
+_COUNT = object()  # in the publishing queue: this node's count has changed
 
-# Claim a name unless a live node other than ours holds it (atomic in Redis).
-_CLAIM = """
+# The names hash maps a name's key to its holders, one "node|stamp|name" per line (see
+# protocol/cluster.py).  Claim a name unless a live node other than ours holds it.
+_CLAIM = r"""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if current then
-  local node = string.match(current, '^(.-)|')
-  if node ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. node) == 1 then return 0 end
+  for entry in string.gmatch(current, '[^\n]+') do
+    local node = string.match(entry, '^([^|]*)|')
+    if node ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. node) == 1 then return 0 end
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
-# Release a name only if this node holds it.
-_RELEASE = """
+# Hold a name again after an outage, beside any other live holder (a split let both take
+# it): 0 when there is such a conflict.
+_REANNOUNCE = r"""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and string.match(current, '^(.-)|') == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
+local kept = {}
+local conflict = 0
+if current then
+  for entry in string.gmatch(current, '[^\n]+') do
+    local node = string.match(entry, '^([^|]*)|')
+    if node ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. node) == 1 then
+      table.insert(kept, entry)
+      conflict = 1
+    end
+  end
 end
-return 0
+table.insert(kept, ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], table.concat(kept, '\n'))
+return 1 - conflict
 """
+# Drop one node's hold on a name; the name goes when nobody holds it any more.
+_RELEASE = r"""
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 0 end
+local kept = {}
+for entry in string.gmatch(current, '[^\n]+') do
+  if string.match(entry, '^([^|]*)|') ~= ARGV[2] then table.insert(kept, entry) end
+end
+if #kept == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], table.concat(kept, '\n'))
+end
+return 1
+"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
 class Backplane:
@@ -67,9 +113,10 @@ class Backplane:
     def __init__(self, url: str, prefix: str, log: Any) -> None:
         self.url = url
         self.prefix = prefix
-        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}".replace("|", "_")
+        host = socket.gethostname().replace("|", "_").replace("\n", "_")
+        self.node = f"{host}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._own_prefix = node_prefix(self.node)
         self.log = log.bind(backplane=redact(url), node=self.node)
-        self.client: redis.Redis = None  # type: ignore[assignment]  # made in start()
         self.channel = f"{prefix}:events"
         self.names_key = f"{prefix}:names"
         self.counts_key = f"{prefix}:counts"
@@ -78,38 +125,51 @@ class Backplane:
         self.events_in = 0
         self.events_out = 0
         self.events_dropped = 0
-        # Made in start(): a gevent queue needs the event loop, and a --workers master must
-        # fork before any loop exists.
-        self._queue: Queue[tuple[str, Any]] | None = None
+        self._failed: set[str] = set()
+        self._remote_counts: dict[str, int] = {}
+        self._count = 0
+        self._count_queued = False
+        # Made in start(): Redis clients, scripts and a gevent queue belong to the worker
+        # process, and a --workers master builds its settings before forking.
+        self.client: redis.Redis = None  # type: ignore[assignment]
+        self._raw: redis.Redis = None  # type: ignore[assignment]
+        self._scripts: dict[str, Any] = {}
+        self._queue: Queue[Any] | None = None
         self._registry: Registry | None = None
         self._greenlets: list[gevent.Greenlet] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, registry: Registry) -> None:
-        """Connect and join the cluster.  Nothing before this touches the event loop: a
-        --workers master builds a server to check its settings, then forks."""
+        """Connect and join the cluster."""
         self._registry = registry
+        options: dict[str, Any] = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+            "health_check_interval": 5,
+        }
         # A bounded pool that makes greenlets wait their turn: with a plain pool, hundreds
         # of clients joining at once would exhaust it ("Too many connections") and look
         # like Redis going down.
         pool = redis.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=POOL_SIZE,
-            timeout=POOL_WAIT,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=5,
-            decode_responses=True,
+            self.url, max_connections=POOL_SIZE, timeout=POOL_WAIT, decode_responses=True, **options
         )
         self.client = redis.Redis(connection_pool=pool)
-        self._claim = self.client.register_script(_CLAIM)
-        self._release = self.client.register_script(_RELEASE)
+        # Events arrive as bytes (a payload need not be UTF-8): a client of their own.
+        self._raw = redis.Redis.from_url(self.url, **options)
+        self._scripts = {
+            name: self.client.register_script(source)
+            for name, source in (
+                ("claim", _CLAIM),
+                ("reannounce", _REANNOUNCE),
+                ("release", _RELEASE),
+            )
+        }
         self._queue = Queue(QUEUE_LIMIT)
         self._greenlets = [
-            gevent.spawn(self._subscribe_forever),
-            gevent.spawn(self._publish_forever),
-            gevent.spawn(self._heartbeat_forever),
+            gevent.spawn(self._supervise, "subscriber", self._subscribe_forever),
+            gevent.spawn(self._supervise, "publisher", self._publish_forever),
+            gevent.spawn(self._supervise, "heartbeat", self._heartbeat_forever),
         ]
 
     def stop(self) -> None:
@@ -122,25 +182,51 @@ class Backplane:
                 pipe = self.client.pipeline(transaction=False)
                 pipe.delete(self.node_key_prefix + self.node)
                 pipe.hdel(self.counts_key, self.node)
-                for key in self._registry.room.local_keys():
-                    self._release(keys=[self.names_key], args=[key, self.node], client=pipe)
+                pipe.publish(self.channel, encode_message(self.node, [ClientCount(0)]))
+                for key, _, _ in self._registry.room.local_entries():
+                    self._scripts["release"](
+                        keys=[self.names_key], args=[key, self.node], client=pipe
+                    )
                 pipe.execute()
         except (*REDIS_ERRORS, gevent.Timeout):
             pass
 
+    def state(self) -> LinkState:
+        return LinkState(
+            up=self.up,
+            events_in=self.events_in,
+            events_out=self.events_out,
+            events_dropped=self.events_dropped,
+            failed_parts=tuple(sorted(self._failed)),
+        )
+
     def _mark(self, up: bool, error: BaseException | None = None) -> None:
+        """Up or down; logged once per change, by whichever part saw it first."""
         if up and not self.up:
             self.log.info("backplane_up")
         elif not up and self.up:
             self.log.error("backplane_down", error=str(error))
         self.up = up
 
-    # -- greenlets ------------------------------------------------------------------------
+    def _supervise(self, part: str, run: Callable[[], None]) -> None:
+        """Run one part of the backplane forever: a bug that ends it is logged, shows in
+        /healthz and the metrics, and the part starts again after a pause."""
+        while True:
+            try:
+                run()
+            except Exception:
+                self._failed.add(part)
+                self.log.exception("backplane_part_failed", part=part)
+                gevent.sleep(RESTART_PAUSE)
+                self._failed.discard(part)
+                self.log.info("backplane_part_restarted", part=part)
+
+    # -- the parts ------------------------------------------------------------------------
 
     def _subscribe_forever(self) -> None:
         failures = 0
         while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._raw.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.channel)
                 self._announce()
@@ -150,13 +236,11 @@ class Backplane:
                     message = pubsub.get_message(timeout=HEARTBEAT_SECONDS)
                     if message is not None:
                         self._receive(message["data"])
-                    if not self.up:  # another greenlet saw an error; the link is back
+                    if not self.up:  # another part saw an error; the link is back
                         self._announce()
                         self._mark(True)
             except REDIS_ERRORS as exc:
-                if failures == 0:
-                    self.log.error("backplane_down", error=str(exc))
-                self.up = False
+                self._mark(False, exc)
                 failures += 1
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
@@ -169,23 +253,32 @@ class Backplane:
         assert queue is not None
         while True:
             batch = [queue.get()]
-            while len(batch) < 500 and not queue.empty():
+            while len(batch) < BATCH_EVENTS and not queue.empty():
                 batch.append(queue.get_nowait())
+            events: list[Event] = []
+            for item in batch:
+                if item is _COUNT:
+                    self._count_queued = False
+                    events.append(ClientCount(self._count))
+                else:
+                    events.append(item)
             if not self.up:
-                self.events_dropped += len(batch)
+                self.events_dropped += len(events)
                 continue
             try:
                 pipe = self.client.pipeline(transaction=False)
-                for kind, value in batch:
-                    if kind == "event":
-                        pipe.publish(self.channel, value)
-                    elif kind == "release":
-                        self._release(keys=[self.names_key], args=[value, self.node], client=pipe)
+                pipe.publish(self.channel, encode_message(self.node, events))
+                if self._count_in(events):
+                    pipe.hset(self.counts_key, self.node, self._count)
                 pipe.execute()
-                self.events_out += sum(1 for kind, _ in batch if kind == "event")
+                self.events_out += len(events)
             except REDIS_ERRORS as exc:
-                self.events_dropped += len(batch)
+                self.events_dropped += len(events)
                 self._mark(False, exc)
+
+    @staticmethod
+    def _count_in(events: list[Event]) -> bool:
+        return any(isinstance(event, ClientCount) for event in events)
 
     def _heartbeat_forever(self) -> None:
         beats = 0
@@ -193,6 +286,7 @@ class Backplane:
             if self.up:
                 try:
                     self.client.set(self.node_key_prefix + self.node, "1", ex=NODE_TTL)
+                    self._refresh_counts()
                     beats += 1
                     if beats % PRUNE_EVERY_BEATS == 0:
                         self._prune()
@@ -200,29 +294,51 @@ class Backplane:
                     self._mark(False, exc)
             gevent.sleep(HEARTBEAT_SECONDS)
 
+    def _live_nodes(self, nodes: set[str]) -> set[str]:
+        ordered = sorted(nodes)
+        pipe = self.client.pipeline(transaction=False)
+        for node in ordered:
+            pipe.exists(self.node_key_prefix + node)
+        return {node for node, alive in zip(ordered, pipe.execute(), strict=True) if alive}
+
+    def _refresh_counts(self) -> None:
+        """Every live node's count, as Redis has it (between the events that change them)."""
+        counts = cast(dict[str, str], self.client.hgetall(self.counts_key))
+        others = set(counts) - {self.node}
+        alive = self._live_nodes(others) if others else set()
+        fresh: dict[str, int] = {}
+        for node in alive:
+            with contextlib.suppress(ValueError):
+                fresh[node] = int(counts[node])
+        self._remote_counts = fresh
+
+    def _held(self) -> dict[str, list[Holder]]:
+        held = cast(dict[str, str], self.client.hgetall(self.names_key))
+        records = {}
+        for key, record in held.items():
+            try:
+                records[key] = decode_holders(record)
+            except ClusterCodecError as exc:
+                self.log.warning("bad_name_record", key=key, error=str(exc))
+        return records
+
     def _prune(self) -> None:
         """Forget names and counts of nodes whose heartbeat has expired, and names this node
         no longer holds (a release lost while Redis was away), so that nothing piles up."""
         assert self._registry is not None
-        held = cast(dict[str, str], self.client.hgetall(self.names_key))
+        records = self._held()
         counts = cast(dict[str, str], self.client.hgetall(self.counts_key))
-        owners = {key: value.split("|", 1)[0] for key, value in held.items()}
-        nodes = sorted(set(owners.values()) | set(counts) - {self.node})
+        nodes = {h.node for holders in records.values() for h in holders} | set(counts)
+        alive = self._live_nodes(nodes - {self.node}) | {self.node}
+        local = {key for key, _, _ in self._registry.room.local_entries()}
         pipe = self.client.pipeline(transaction=False)
-        for node in nodes:
-            pipe.exists(self.node_key_prefix + node)
-        dead = {node for node, alive in zip(nodes, pipe.execute(), strict=True) if not alive}
-        local = set(self._registry.room.local_keys())
-        stale = [
-            k
-            for k, node in owners.items()
-            if node in dead or (node == self.node and k not in local)
-        ]
-        pipe = self.client.pipeline(transaction=False)
-        for key in stale:
-            owner = owners[key]
-            self._release(keys=[self.names_key], args=[key, owner], client=pipe)
-        for node in dead & set(counts):
+        for key, holders in records.items():
+            for holder in holders:
+                if holder.node not in alive or (holder.node == self.node and key not in local):
+                    self._scripts["release"](
+                        keys=[self.names_key], args=[key, holder.node], client=pipe
+                    )
+        for node in set(counts) - alive:
             pipe.hdel(self.counts_key, node)
         pipe.execute()
 
@@ -231,187 +347,107 @@ class Backplane:
         assert self._registry is not None
         self.client.set(self.node_key_prefix + self.node, "1", ex=NODE_TTL)
         self.client.hset(self.counts_key, self.node, len(self._registry))
-        for key, name, seq in self._registry.room.local_entries():
-            value = f"{self.node}|{seq}|{name}"
-            if not self._claim(
-                keys=[self.names_key], args=[key, value, self.node_key_prefix, self.node]
-            ):
+        for key, name, stamp in self._registry.room.local_entries():
+            record = encode_holder(Holder(self.node, stamp, name))
+            args = [key, record, self.node_key_prefix, self.node]
+            if not self._scripts["reannounce"](keys=[self.names_key], args=args):
                 self.log.warning("name_conflict", name=name)
+        self._refresh_counts()
         self._prune()
 
-    # -- events ---------------------------------------------------------------------------
-
-    def _enqueue(self, kind: str, value: Any) -> None:
-        if self._queue is None:  # not started: there is no cluster to tell yet
+    def _receive(self, raw: bytes) -> None:
+        if raw.startswith(self._own_prefix):  # our own message: skipped without decoding
             return
+        # Anyone who can reach Redis can publish on the channel: a malformed message is
+        # logged and skipped, and never ends the subscriber.
         try:
-            self._queue.put_nowait((kind, value))
+            node, events = decode_message(raw)
+        except ClusterCodecError as exc:
+            self.log.warning(
+                "bad_event", error=str(exc), payload=raw[:200].decode("utf-8", "replace")
+            )
+            return
+        registry = self._registry
+        for event in events:
+            self.events_in += 1
+            if isinstance(event, ClientCount):
+                self._remote_counts[node] = event.count
+            elif registry is not None:
+                registry.deliver(event)
+
+    # -- ClusterLink: what the registry and the room ask ------------------------------------
+
+    def _enqueue(self, item: Any) -> bool:
+        if self._queue is None:  # not started: there is no cluster to tell yet
+            return False
+        try:
+            self._queue.put_nowait(item)
         except Full:
             self.events_dropped += 1
+            return False
+        return True
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: Event) -> None:
         """Tell the other nodes; never blocks (at most once, like pub/sub itself)."""
-        event["n"] = self.node
-        self._enqueue("event", json.dumps(event, ensure_ascii=False))
+        self._enqueue(event)
 
-    def _receive(self, raw: str) -> None:
-        # Anyone who can reach Redis can publish on the channel: a malformed event is
-        # logged and skipped, and must never end the subscriber.
-        try:
-            event = json.loads(raw)
-            if not isinstance(event, dict) or event.get("n") == self.node:
-                return
-            if self._registry is not None:
-                self.events_in += 1
-                self._registry.deliver_remote(event)
-        except Exception as exc:
-            self.log.warning("bad_event", error=str(exc), payload=str(raw)[:200])
+    def count_changed(self, count: int) -> None:
+        """Coalesced: many connects in one loop turn become one count event."""
+        self._count = count
+        if not self._count_queued:
+            self._count_queued = self._enqueue(_COUNT)
 
-    # -- names and counts -----------------------------------------------------------------
+    def remote_count(self) -> int:
+        """Clients of the other live nodes, as last known: updated by their count events
+        as they happen, and checked against Redis every heartbeat (2 s), so a count is at
+        most that old for a node that died without a word."""
+        return sum(self._remote_counts.values()) if self.up else 0
 
-    def claim(self, key: str, name: str, seq: int) -> bool:
+    def claim(self, key: str, name: str, stamp: int) -> bool:
         """Hold ``name`` cluster-wide; True when Redis is away (this node decides alone)."""
         if not self.up:
             return True
-        value = f"{self.node}|{seq}|{name}"
+        record = encode_holder(Holder(self.node, stamp, name))
         try:
-            return bool(
-                self._claim(
-                    keys=[self.names_key], args=[key, value, self.node_key_prefix, self.node]
-                )
-            )
+            args = [key, record, self.node_key_prefix, self.node]
+            return bool(self._scripts["claim"](keys=[self.names_key], args=args))
         except REDIS_ERRORS as exc:
             self._mark(False, exc)
             return True
 
     def release(self, key: str) -> None:
-        self._enqueue("release", key)
-
-    def _live_entries(self) -> list[tuple[int, str, str, str]] | None:
-        """(seq, key, name, node) of every name held by a live node; None without Redis."""
-        if not self.up:
-            return None
-        try:
-            held = cast(dict[str, str], self.client.hgetall(self.names_key))
-            entries = []
-            for key, value in held.items():
-                node, seq, name = value.split("|", 2)
-                entries.append((int(seq), key, name, node))
-            nodes = sorted({node for *_, node in entries})
-            pipe = self.client.pipeline(transaction=False)
-            for node in nodes:
-                pipe.exists(self.node_key_prefix + node)
-            alive = {node for node, exists in zip(nodes, pipe.execute(), strict=True) if exists}
-        except (*REDIS_ERRORS, ValueError) as exc:
-            self._mark(False, exc)
-            return None
-        return sorted(e for e in entries if e[3] in alive)
-
-    def names(self) -> list[str] | None:
-        entries = self._live_entries()
-        return None if entries is None else [name for _, _, name, _ in entries]
-
-    def holder(self, key: str) -> str | None:
-        """The name as its holder spelled it, if a live node holds it."""
-        for _, held_key, name, _ in self._live_entries() or []:
-            if held_key == key:
-                return name
-        return None
-
-    def set_count(self, count: int) -> None:
-        """Publish this node's client count at once, so that the next greeting on any
-        node counts this client (a round trip on the connecting client's greenlet)."""
+        """At once, on the caller's greenlet: a release that waited in a queue could undo a
+        claim the same user made after it.  While Redis is away the prune catches up."""
         if not self.up:
             return
         try:
-            self.client.hset(self.counts_key, self.node, count)
+            self._release(key, self.node)
         except REDIS_ERRORS as exc:
             self._mark(False, exc)
 
-    def remote_count(self) -> int:
-        """Clients connected to the other live nodes (0 without Redis)."""
+    def _release(self, key: str, node: str, pipe: Any = None) -> None:
+        self._scripts["release"](keys=[self.names_key], args=[key, node], client=pipe)
+
+    def _live_holders(self) -> list[tuple[str, Holder]] | None:
+        """(key, holder) of every name held by a live node, in join order."""
         if not self.up:
-            return 0
+            return None
         try:
-            counts = cast(dict[str, str], self.client.hgetall(self.counts_key))
-            others = [node for node in counts if node != self.node]
-            pipe = self.client.pipeline(transaction=False)
-            for node in others:
-                pipe.exists(self.node_key_prefix + node)
-            alive = pipe.execute() if others else []
-            return sum(int(counts[n]) for n, ok in zip(others, alive, strict=True) if ok)
-        except (*REDIS_ERRORS, ValueError) as exc:
+            records = self._held()
+            nodes = {h.node for holders in records.values() for h in holders}
+            alive = self._live_nodes(nodes) if nodes else set()
+        except REDIS_ERRORS as exc:
             self._mark(False, exc)
-            return 0
+            return None
+        entries = [(key, h) for key, hs in records.items() for h in hs if h.node in alive]
+        return sorted(entries, key=lambda entry: (entry[1].stamp, entry[0]))
 
+    def names(self) -> list[str] | None:
+        entries = self._live_holders()
+        return None if entries is None else [holder.name for _, holder in entries]
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
-
-
-class ClusterChatRoom(ChatRoom):
-    """The chat room of one node, kept in step with every other node through Redis."""
-
-    def __init__(self, backplane: Backplane) -> None:
-        super().__init__()
-        self.backplane = backplane
-
-    def join(self, member: Member, name: str, stamp: int | None = None) -> bool:
-        # Claim in the cluster first, join here after: until the claim is settled this
-        # client is not in the room and receives nothing meant for its members.
-        key = name_key(name)
-        if self.holds(key):
-            return False
-        stamp = time.time_ns() if stamp is None else stamp
-        if not self.backplane.claim(key, name, stamp):
-            return False
-        # Someone here may have taken it while we waited on Redis: then they hold it.
-        return super().join(member, name, stamp)
-
-    def rename(self, member: Member, new_name: str, stamp: int | None = None) -> bool:
-        # As in join: settle the claim in the cluster first, then rename here.
-        old_key = self.key_of(member)
-        new_key = name_key(new_name)
-        holder = self.holder_of(new_key)
-        if old_key is None or (holder is not None and holder is not member):
-            return False
-        stamp = time.time_ns() if stamp is None else stamp
-        if not self.backplane.claim(new_key, new_name, stamp):
-            return False
-        if not super().rename(member, new_name, stamp):
-            return False  # someone here took it meanwhile, and holds it in Redis too
-        if new_key != old_key:
-            self.backplane.release(old_key)
-        return True
-
-    def leave(self, member: Member) -> None:
-        key = self.key_of(member)
-        super().leave(member)
-        if key is not None:
-            self.backplane.release(key)
-
-    def names(self) -> list[str]:
-        cluster = self.backplane.names()
-        if cluster is None:
-            return super().names()
-        # Local names the cluster does not show yet (joined while Redis was away) go last.
-        shown = {name_key(n) for n in cluster}
-        return cluster + [n for n in super().names() if name_key(n) not in shown]
-
-    def publish(self, text: str, exclude: Member | None = None) -> None:
-        super().publish(text, exclude)
-        self.backplane.publish({"t": "room", "text": text, "ts": time.time_ns()})
-
-    def send_to(self, name: str, text: str) -> str | None:
-        delivered = super().send_to(name, text)
-        if delivered is not None:
-            return delivered
-        key = name_key(name)
-        holder = self.backplane.holder(key)
-        if holder is not None:
-            self.backplane.publish({"t": "to", "key": key, "text": text})
-        return holder
+    def holder(self, key: str) -> str | None:
+        for held_key, holder in self._live_holders() or []:
+            if held_key == key:
+                return holder.name
+        return None

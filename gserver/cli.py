@@ -13,9 +13,10 @@ from typing import Any
 
 from gserver import __version__
 from gserver.arguments import OneLineParser
-from gserver.logs import configure
+from gserver.listener import StartError
+from gserver.logs import configure, get_logger
 from gserver.modes import Mode, resolve
-from gserver.server import Server, StartError
+from gserver.server import Companion, Server
 from gserver.settings import (
     DEFAULT_CONFIG,
     FIELDS,
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode = resolve(settings)
         configure(settings.log_format, settings.log_level)
         # Built here even with workers, so that bad TLS files stop the start at once.
-        server = Server(mode.handler, settings, mode.on_start)
+        server = compose(settings, mode)
     except SettingsError as exc:
         print(f"gserver: error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
@@ -89,7 +90,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartError as exc:
         print(f"gserver: error: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
-    return server.serve_forever()
+    return finish(server, server.serve_forever())
+
+
+def compose(settings: Settings, mode: Mode, worker_index: int | None = None) -> Server:
+    """The one place that knows every part: the mode's handler, the cluster link, the
+    metrics port, and the server that runs them.  Nothing here touches the network."""
+    log = get_logger() if worker_index is None else get_logger(worker=worker_index, pid=os.getpid())
+    link = None
+    if settings.backplane:
+        from gserver.backplane import Backplane  # imported only when a backplane is set
+
+        link = Backplane(settings.backplane, settings.backplane_prefix, log)
+    companions: list[Companion] = []
+    if settings.metrics_port is not None:
+        from gserver.metrics import MetricsPort  # prometheus_client only when asked for
+
+        companions.append(MetricsPort(settings.metrics_host, settings.metrics_port, log))
+    return Server(
+        mode.handler,
+        settings,
+        mode.on_start,
+        worker_index=worker_index or 0,
+        link=link,
+        companions=companions,
+        log=log,
+    )
+
+
+def finish(server: Server, status: int) -> int:
+    """The process's exit after a graceful stop.  A handler that caught its kill and goes
+    on must not keep the process alive (or print at interpreter exit): leave at once."""
+    if server.connections:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def run_workers(settings: Settings, mode: Mode) -> int:
@@ -97,15 +133,14 @@ def run_workers(settings: Settings, mode: Mode) -> int:
 
     def run_worker(index: int, listener: socket.socket) -> int:
         configure(settings.log_format, settings.log_level)
-        server = Server(mode.handler, settings, mode.on_start, worker_index=index)
-        server.log = server.log.bind(worker=index, pid=os.getpid())
+        server = compose(settings, mode, worker_index=index)
         server.install_signal_handlers()
         try:
             server.start(listener)
         except StartError as exc:
             print(f"gserver: error: worker {index}: {exc}", file=sys.stderr)
             return EXIT_START_FAILED
-        return server.serve_forever()
+        return finish(server, server.serve_forever())
 
     try:
         return Master(settings, run_worker).run()

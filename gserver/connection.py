@@ -1,11 +1,15 @@
-"""The blocking-style face of one client: ``lines()``, ``chunks()``, ``send()``, ``close()``.
+"""The blocking-style face of one client: reads, ``send()``, ``close()``; its outbox.
 
 A handler reads as if the socket were blocking; underneath, a read that would block parks
-the client's greenlet on the event loop.  ``send()`` never blocks: it appends to the
-client's outbox, and the server writes every outbox once per loop turn, one system call
-for many messages.  Only when a socket will not take all its output does a writer greenlet
-exist for that client, and only until the outbox is empty.  The outbox is bounded, which
-is where slow consumers are caught.
+the client's greenlet on the event loop.  Every read (``lines()``, ``chunks()``,
+``receive()``, ``read_line()``, ``read_exactly()``, ``read_until()``) takes from one
+receive buffer, so any mix of them loses and reorders nothing.
+
+``send()`` never blocks: it appends to the client's outbox and puts the client on the
+:class:`FlushQueue`, which writes every waiting outbox once per loop turn, one system call
+for many messages (Redis's ``clients_pending_write``).  Only when a socket will not take all
+its output does a writer greenlet exist for that client, and only until the outbox is
+empty.  The outbox is bounded, which is where slow consumers are caught.
 
 Plain TCP takes a fast path: the standard library's socket object itself, non-blocking,
 one read watcher, and the greenlet switched to directly when it is readable; a write
@@ -18,19 +22,22 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from greenlet import getcurrent
 
-from gserver.protocol.framing import LineFramer
+from gserver import compat
+from gserver.protocol.framing import LINE_TOO_LONG, Frame, ReceiveBuffer
 from gserver.protocol.limits import TokenBucket
 from gserver.protocol.text import decode
 
 if TYPE_CHECKING:
+    from gserver.counters import Stats
     from gserver.registry import Registry
-    from gserver.server import Server
+    from gserver.settings import Settings
 
 RECV_SIZE = 65536
 # After the last byte is sent, wait this long for the client to close its side, reading and
@@ -48,23 +55,120 @@ _receive_buffer = bytearray(RECV_SIZE)
 _receive_view = memoryview(_receive_buffer)
 
 
+class ConnectionState(Enum):
+    """Where a connection is in its life (one state, as h11 keeps it, not several flags)."""
+
+    OPEN = "open"  # reading and writing
+    CLOSING = "closing"  # no more reading; queued output still goes out
+    CLOSED = "closed"  # the socket is closed
+
+
+class CloseReason(StrEnum):
+    """Why a connection ended, as logged in ``disconnect``; a handler may give its own."""
+
+    CLIENT_CLOSED = "closed by client"
+    CLIENT_RESET = "reset by client"
+    SERVER_CLOSED = "closed by server"
+    QUIT = "quit"
+    IDLE_TIMEOUT = "idle timeout"
+    SLOW_CONSUMER = "slow consumer"
+    SHUTDOWN = "server shutdown"
+    HANDLER_ERROR = "handler error"
+    ERROR = "error"
+
+
+_OPEN, _CLOSING, _CLOSED = ConnectionState.OPEN, ConnectionState.CLOSING, ConnectionState.CLOSED
+
+
+class IncompleteRead(EOFError):
+    """The client went (or the connection closed) before a read was satisfied.
+
+    ``partial`` holds the bytes that did arrive."""
+
+    def __init__(self, partial: bytes) -> None:
+        super().__init__(f"end of stream after {len(partial)} bytes of an incomplete read")
+        self.partial = partial
+
+
+class LimitExceeded(ValueError):
+    """A line (or a record up to a separator) was longer than the read's limit.
+
+    For ``read_line`` the over-long line is skipped, up to its end, and the next read
+    starts with the next line; for ``read_until`` the bytes held are dropped."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"longer than {limit} bytes")
+        self.limit = limit
+
+
 class _Wakeup(Exception):
     """Thrown into a greenlet parked on a read, so that it notices the connection closing."""
 
 
 _WAKEUP = _Wakeup()
-_CLOSED = OSError(errno.EBADF, "connection closed")
+_CLOSED_ERROR = OSError(errno.EBADF, "connection closed")
+
+
+class ConnectionContext:
+    """What the connections of one server share, and all that they see of it: settings,
+    the flush queue, the counters, the registry and the server's logger."""
+
+    __slots__ = (
+        "flush_queue",
+        "log",
+        "log_debug",
+        "max_output",
+        "read_pause_bytes",
+        "registry",
+        "settings",
+        "stats",
+        "stopping",
+    )
+
+    def __init__(self, settings: Settings, registry: Registry, stats: Stats, log: Any) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.stats = stats
+        self.log = log
+        self.flush_queue = FlushQueue()
+        self.log_debug = settings.log_level == "debug"
+        self.max_output = settings.max_output_bytes
+        self.read_pause_bytes = min(READ_PAUSE_BYTES, settings.max_output_bytes // 2)
+        self.stopping = False  # set by the server when its graceful stop begins
+
+
+class FlushQueue:
+    """Clients with output waiting, written together at the end of this loop turn."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: list[Connection] = []
+
+    def add(self, conn: Connection) -> None:
+        if not self._pending:
+            compat.run_this_turn(self.flush)
+        self._pending.append(conn)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for conn in pending:
+            try:
+                conn.flush_without_waiting()
+            except Exception:  # one client's fault must not leave the others unwritten
+                conn.log.exception("flush_failed")
+                conn.abort(CloseReason.ERROR)
 
 
 def send_to_all(members: Iterable[Any], data: bytes) -> None:
-    """``member.send(data)`` for each member: the broadcast fan-out, where per-message cost
-    decides chat throughput, with :meth:`Connection.send` inlined for connections."""
+    """``member.send(data)`` for each member: the fan-out, where per-message cost decides
+    chat throughput, with :meth:`Connection.send` inlined for connections."""
     size = len(data)
     for member in members:
         if member.__class__ is not Connection:
             member.send(data)
             continue
-        if member.closing:
+        if member.state is not _OPEN:
             continue
         member._outbox.append(data)
         member._queued += size
@@ -73,7 +177,7 @@ def send_to_all(members: Iterable[Any], data: bytes) -> None:
             member._over_output_limit()
         elif not member._flush_scheduled and member._writer is None:
             member._flush_scheduled = True
-            member.server.schedule_flush(member)
+            member._context.flush_queue.add(member)
 
 
 def format_peer(address: Any) -> str:
@@ -91,9 +195,9 @@ class Connection:
 
     __slots__ = (
         "__weakref__",
-        "_closed",
+        "_buffer",
+        "_context",
         "_drained_input",
-        "_finished",
         "_flood_logged",
         "_flush_scheduled",
         "_hub",
@@ -103,7 +207,6 @@ class Connection:
         "_queued",
         "_raw",
         "_read_event",
-        "_read_pause_bytes",
         "_sock",
         "_write_event",
         "_writer",
@@ -111,39 +214,36 @@ class Connection:
         "bytes_in",
         "bytes_out",
         "close_reason",
-        "closing",
         "connected_at",
         "greenlet",
         "last_read",
         "last_write_progress",
         "messages_out",
-        "server",
+        "state",
     )
 
-    def __init__(self, server: Server, sock: Any, address: Any) -> None:
-        self.server = server
+    def __init__(self, context: ConnectionContext, sock: Any, address: Any) -> None:
+        self._context = context
         self.address = address
         self._log: Any = None  # bound on first use: an idle client needs no logger of its own
         self._sock = sock
         self._hub = hub = gevent.get_hub()
-        if hasattr(sock, "_sslobj"):  # gevent's SSL socket: its own watchers and calls
+        if compat.is_ssl_socket(sock):  # gevent's SSL socket: its own watchers and calls
             self._raw = None
-            self._read_event = sock._read_event
+            self._read_event = compat.read_watcher_of(sock)
         else:  # the standard library's socket, non-blocking
             self._raw = sock
-            self._read_event = hub.loop.io(sock.fileno(), 1)
+            self._read_event = compat.io_watcher(sock.fileno(), compat.READ)
         self._write_event: Any = None
-        self._closed = False
+        self._buffer: ReceiveBuffer | None = None  # made by the first read that needs it
         self._drained_input = False
         self._outbox: list[bytes] = []
         self._queued = 0
         self._flush_scheduled = False
         self._writer: Any = None
-        self._finished = False
         self._flood_logged = False
-        self._max_output = server.settings.max_output_bytes
-        self._read_pause_bytes = min(READ_PAUSE_BYTES, self._max_output // 2)
-        self.closing = False
+        self._max_output = context.max_output
+        self.state = _OPEN
         self.close_reason: str | None = None
         self.greenlet = getcurrent()
         now = hub.loop.now()
@@ -159,7 +259,27 @@ class Connection:
     @property
     def registry(self) -> Registry:
         """Everyone connected to this server: ``conn.registry.broadcast("hello")``."""
-        return self.server.registry
+        return self._context.registry
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the server runs with (read-only)."""
+        return self._context.settings
+
+    @property
+    def server_stopping(self) -> bool:
+        """True once the server's graceful stop has begun (everyone is being told)."""
+        return self._context.stopping
+
+    @property
+    def debug(self) -> bool:
+        """True when the log level is debug: build debug-only details only then."""
+        return self._context.log_debug
+
+    @property
+    def closing(self) -> bool:
+        """True once the connection no longer reads (closing or closed)."""
+        return self.state is not _OPEN
 
     @property
     def log(self) -> Any:
@@ -168,7 +288,7 @@ class Connection:
         Bound afresh for each use until ``bind`` adds context: an idle client keeps none.
         """
         if self._log is None:
-            return self.server.log.bind(client=self.peer)
+            return self._context.log.bind(client=self.peer)
         return self._log
 
     @property
@@ -186,15 +306,17 @@ class Connection:
         self._log = self.log.bind(**context)
 
     def receive(self) -> bytes:
-        """The next bytes to arrive, waiting for them; ``b""`` once the client has gone or
-        the connection is closing.  (No generator in between: an idle client's parked
-        greenlet stays as shallow, and as small, as it can be.)"""
+        """The next bytes to arrive (or those already received and not yet read), waiting
+        for them; ``b""`` once the client has gone or the connection is closing.  (No
+        generator in between: an idle client's parked greenlet stays as small as it can.)"""
+        buffer = self._buffer
+        if buffer is not None and len(buffer):
+            return buffer.take_all()
         return self._receive()
 
     def chunks(self) -> Iterator[bytes]:
         """Bytes as they arrive, until the client goes or the connection is closed."""
-        receive = self._receive
-        while data := receive():
+        while data := self.receive():
             yield data
 
     def lines(self) -> Iterator[str]:
@@ -202,43 +324,80 @@ class Connection:
 
         However TCP splits or merges them, each line comes out whole.  A line longer than
         ``max_line_bytes`` is answered with an error and skipped; the connection goes on.
-        At end of stream a last line without a newline still counts.
+        Flood control (``flood_rate``) applies here.  At end of stream a last line without
+        a newline still counts.
         """
-        settings = self.server.settings
+        context = self._context
+        settings = context.settings
         limit = settings.max_line_bytes
-        framer = LineFramer(limit)
         bucket = None
         if settings.flood_rate > 0:
             bucket = TokenBucket(settings.flood_rate, settings.flood_burst, self._hub.loop.now())
-        log_lines = self.server.log_debug
-        stats = self.server.stats
-        receive = self._receive
+        log_lines = context.log_debug
+        stats = context.stats
+        buffer = self._receive_buffer()
+        take_line, feed, receive = buffer.take_line, buffer.feed, self._receive
         # Reads happen right here, not in a nested generator: a parked greenlet's saved
         # stack is as shallow as it can be.
-        while chunk := receive():
-            for frame in framer.feed(chunk):
-                if self.closing:
+        while True:
+            frame = take_line(limit)
+            if frame is None:
+                chunk = receive()
+                if not chunk:
+                    break
+                feed(chunk)
+                continue
+            if self.state is not _OPEN:
+                return
+            if frame is LINE_TOO_LONG:
+                self.log.info("line_too_long", max_line_bytes=limit)
+                self.send(f"Error: line too long (max {limit} bytes)\n")
+                continue
+            if bucket is not None:
+                self._obey_flood_limit(bucket)
+                if self.state is not _OPEN:
                     return
-                if frame.__class__ is not bytes:  # LINE_TOO_LONG
-                    self.log.info("line_too_long", max_line_bytes=limit)
-                    self.send(f"Error: line too long (max {limit} bytes)\n")
-                    continue
-                if bucket is not None:
-                    self._obey_flood_limit(bucket)
-                    if self.closing:
-                        return
-                line = decode(frame)
-                stats.lines_in += 1
-                if log_lines:
-                    self.log.debug("line", text=line)
-                yield line
-        rest = framer.flush()
-        if rest and self.close_reason == "closed by client":
+            line = decode(frame)  # type: ignore[arg-type]
+            stats.lines_in += 1
+            if log_lines:
+                self.log.debug("line", text=line)
+            yield line
+        rest = buffer.take_last_line()
+        if rest and self.close_reason == CloseReason.CLIENT_CLOSED:
             yield decode(rest)
+
+    def read_line(self, limit: int | None = None, timeout: float | None = None) -> bytes:
+        """One line, without its ending (``\\n`` or ``\\r\\n``).
+
+        Raises :class:`LimitExceeded` for a line over ``limit`` bytes (default
+        ``max_line_bytes``; the line is skipped), :class:`IncompleteRead` at end of
+        stream, ``TimeoutError`` after ``timeout`` seconds."""
+        most = self._context.settings.max_line_bytes if limit is None else limit
+        return self._read(lambda buffer: buffer.take_line(most), most, timeout)
+
+    def read_exactly(self, count: int, timeout: float | None = None) -> bytes:
+        """Exactly ``count`` bytes.  Raises :class:`IncompleteRead` at end of stream,
+        ``TimeoutError`` after ``timeout`` seconds."""
+        if count < 0:
+            raise ValueError(f"read_exactly() needs a count >= 0, got {count}")
+        return self._read(lambda buffer: buffer.take_exactly(count), count, timeout)
+
+    def read_until(
+        self, separator: bytes, limit: int | None = None, timeout: float | None = None
+    ) -> bytes:
+        """Bytes up to ``separator``, which is consumed and not returned.
+
+        Raises :class:`LimitExceeded` when more than ``limit`` bytes (default
+        ``max_line_bytes``) come first, :class:`IncompleteRead` at end of stream,
+        ``TimeoutError`` after ``timeout`` seconds."""
+        if not separator:
+            raise ValueError("read_until() needs a non-empty separator")
+        most = self._context.settings.max_line_bytes if limit is None else limit
+        return self._read(lambda buffer: buffer.take_until(separator, most), most, timeout)
 
     def send(self, data: str | bytes) -> None:
         """Queue ``data`` for the client; never blocks.  Ignored once the connection closes."""
-        if self.closing:
+        if self.state is not _OPEN:
             return
         if data.__class__ is not bytes:
             if isinstance(data, str):
@@ -255,27 +414,24 @@ class Connection:
             return
         if not self._flush_scheduled and self._writer is None:
             self._flush_scheduled = True
-            self.server.schedule_flush(self)
+            self._context.flush_queue.add(self)
 
-    def _over_output_limit(self) -> None:
-        self.server.stats.slow_consumers += 1
-        self.abort("slow consumer", queued_bytes=self._queued)
-
-    def close(self, reason: str = "closed by server") -> None:
+    def close(self, reason: str = CloseReason.SERVER_CLOSED) -> None:
         """Stop reading; what was sent before still goes out, then the connection closes."""
-        if self.closing:
+        if self.state is not _OPEN:
             return
-        self.closing = True
+        self.state = _CLOSING
         self.close_reason = reason
-        self._hub.cancel_wait(self._read_event, _WAKEUP)
+        compat.cancel_wait(self._read_event, _WAKEUP)
 
     def abort(self, reason: str, **details: Any) -> None:
         """Close at once, dropping queued output (a broken or hopelessly slow client)."""
-        if self.close_reason is None or not self.closing:
+        if self.close_reason is None or self.state is _OPEN:
             self.close_reason = reason
-        if reason == "slow consumer":
+        if reason == CloseReason.SLOW_CONSUMER:
             self.log.warning("slow_consumer", **details)
-        self.closing = True
+        if self.state is _OPEN:
+            self.state = _CLOSING
         self._outbox.clear()
         self._queued = 0
         self._close_socket()  # wakes any greenlet parked on this socket with an error
@@ -284,7 +440,7 @@ class Connection:
     def reading_paused(self) -> bool:
         """True while the client owes itself so much output that it is not read (then it
         is not idle: write_timeout watches it instead)."""
-        return self._queued > self._read_pause_bytes
+        return self._queued > self._context.read_pause_bytes
 
     def writer_stalled(self, now: float, write_timeout: float) -> bool:
         """True when output has waited ``write_timeout`` seconds without any progress."""
@@ -296,6 +452,48 @@ class Connection:
 
     # -- reading --------------------------------------------------------------------------
 
+    def _receive_buffer(self) -> ReceiveBuffer:
+        if self._buffer is None:
+            self._buffer = ReceiveBuffer()
+        return self._buffer
+
+    def _read(
+        self, take: Callable[[ReceiveBuffer], Frame | None], limit: int, timeout: float | None
+    ) -> bytes:
+        buffer = self._receive_buffer()
+        found = take(buffer)
+        if found is None:  # not here yet: wait for it (the only case that switches)
+            if timeout is None:
+                found = self._read_more_until(buffer, take)
+            else:
+                deadline = gevent.Timeout(timeout)
+                deadline.start()
+                try:
+                    found = self._read_more_until(buffer, take)
+                except gevent.Timeout as exc:
+                    if exc is not deadline:
+                        raise
+                    # Inside, gevent.Timeout: TimeoutError is an OSError, which the read
+                    # loop would take for a lost connection.
+                    raise TimeoutError(f"read timed out after {timeout} s") from None
+                finally:
+                    deadline.close()
+        if found is LINE_TOO_LONG:
+            raise LimitExceeded(limit)
+        return found  # type: ignore[return-value]
+
+    def _read_more_until(
+        self, buffer: ReceiveBuffer, take: Callable[[ReceiveBuffer], Frame | None]
+    ) -> Frame:
+        while True:
+            chunk = self._receive()
+            if not chunk:
+                raise IncompleteRead(buffer.take_all())
+            buffer.feed(chunk)
+            found = take(buffer)
+            if found is not None:
+                return found
+
     def _wait(self, watcher: Any) -> None:
         """Park this greenlet until ``watcher`` fires (or someone throws into it)."""
         watcher.start(getcurrent().switch)
@@ -306,8 +504,8 @@ class Connection:
 
     def _receive(self) -> bytes:
         raw = self._raw
-        while not self.closing:
-            if self._queued > self._read_pause_bytes:
+        while self.state is _OPEN:
+            if self._queued > self._context.read_pause_bytes:
                 self._wait_for_output_to_drain()
                 continue
             if self._drained_input:
@@ -339,7 +537,7 @@ class Connection:
                 return b""
             if not data:
                 if self.close_reason is None:
-                    self.close_reason = "closed by client"
+                    self.close_reason = CloseReason.CLIENT_CLOSED
                 return b""
             self.last_read = self._hub.loop.now()
             self.bytes_in += len(data)
@@ -352,7 +550,7 @@ class Connection:
         delay = bucket.take(self._hub.loop.now())
         if delay <= 0:
             return
-        self.server.stats.flood_throttles += 1
+        self._context.stats.flood_throttles += 1
         if not self._flood_logged:
             self._flood_logged = True
             self.log.warning("flood_throttled", flood_rate=bucket.rate, flood_burst=bucket.burst)
@@ -369,17 +567,24 @@ class Connection:
 
     def _lost(self, exc: OSError) -> None:
         if self.close_reason is None:
-            self.close_reason = "reset by client" if isinstance(exc, ConnectionError) else "error"
-            if not isinstance(exc, ConnectionError):
+            if isinstance(exc, ConnectionError):
+                self.close_reason = CloseReason.CLIENT_RESET
+            else:
+                self.close_reason = CloseReason.ERROR
                 self.log.info("socket_error", error=str(exc))
-        self.closing = True
+        if self.state is _OPEN:
+            self.state = _CLOSING
 
     # -- writing --------------------------------------------------------------------------
+
+    def _over_output_limit(self) -> None:
+        self._context.stats.slow_consumers += 1
+        self.abort(CloseReason.SLOW_CONSUMER, queued_bytes=self._queued)
 
     def flush_without_waiting(self) -> None:
         """Write what the socket takes now; start a writer for the rest (loop callback)."""
         self._flush_scheduled = False
-        if self._writer is not None or not self._outbox or self._finished:
+        if self._writer is not None or not self._outbox or self.state is _CLOSED:
             return
         if self._raw is not None and self._write_available():
             return
@@ -390,7 +595,7 @@ class Connection:
         outbox = self._outbox
         data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
         outbox.clear()
-        if self._closed:
+        if self.state is _CLOSED:
             self._queued = 0
             return True
         try:
@@ -413,10 +618,10 @@ class Connection:
         or the handler's own greenlet once the handler has returned)."""
         try:
             self.last_write_progress = self._hub.loop.now()
-            while self._outbox and not self._closed:
+            while self._outbox and self.state is not _CLOSED:
                 if self._raw is not None:
                     if self._write_event is None:
-                        self._write_event = self._hub.loop.io(self._raw.fileno(), 2)
+                        self._write_event = compat.io_watcher(self._raw.fileno(), compat.WRITE)
                     self._wait(self._write_event)
                     before = self._queued
                     if self._write_available() or self._queued < before:
@@ -444,32 +649,31 @@ class Connection:
     # -- closing --------------------------------------------------------------------------
 
     def _close_socket(self) -> None:
-        if self._closed:
+        if self.state is _CLOSED:
             return
-        self._closed = True
+        self.state = _CLOSED
         if self._raw is None:
             self._sock.close()  # gevent's SSL socket wakes its own waiters
             return
         # Wake whoever waits on this socket with an error, then close the descriptor.
         watchers = [self._read_event, self._write_event]
-        self._hub.cancel_waits_close_and_then(watchers, _CLOSED, self._raw.close)
+        compat.close_after_waking(watchers, _CLOSED_ERROR, self._raw.close)
 
     def finish(self) -> None:
         """After the handler: deliver what is queued, close gracefully, release the socket."""
-        self.closing = True
+        if self.state is _OPEN:
+            self.state = _CLOSING
         if self.close_reason is None:
-            self.close_reason = "closed by server"
+            self.close_reason = CloseReason.SERVER_CLOSED
         try:
             if self._writer is not None:
                 self._writer.join()
-            elif self._outbox and not self._closed:
+            elif self._outbox and self.state is not _CLOSED:
                 self._writer = getcurrent()
                 self._drain()
-            self._finished = True
-            if not self._closed:
+            if self.state is not _CLOSED:
                 self._linger()
         finally:
-            self._finished = True
             self._close_socket()
 
     def _linger(self) -> None:

@@ -1,167 +1,275 @@
-"""Who is online, and delivery to them: the seam a cluster backplane plugs into.
+"""Who is online, and delivery to them; the port a cluster backplane plugs into.
 
 :class:`Registry` holds every connected client of one server; :class:`ChatRoom` the named
-members of the chat.  Both only queue text on connections (``send`` never blocks), so a
-broadcast to thousands costs one append per client and never waits on a socket.
+members of the chat.  Both only queue text on their members (``send`` never blocks), so a
+fan-out to thousands costs one append per client and never waits on a socket.
+
+A cluster is whatever implements :class:`ClusterLink` (``backplane.py`` does, on Redis):
+the registry and the room tell it what happened here and ask it what happened elsewhere;
+they never import it, and without one they serve one process alone.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
 
-from gserver.connection import send_to_all
 from gserver.protocol.chat import Member, name_key
+from gserver.protocol.cluster import ClientCount, Direct, Event, RoomLine, ToAll
 
-if TYPE_CHECKING:
-    from gserver.backplane import Backplane
-    from gserver.connection import Connection
+Fanout = Callable[[Iterable[Member], bytes], None]
+
+
+def send_each(members: Iterable[Member], data: bytes) -> None:
+    """The plain fan-out: ``member.send(data)`` for each (the server passes a faster one)."""
+    for member in members:
+        member.send(data)
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """How a cluster link is doing, for /healthz and the metrics."""
+
+    up: bool
+    events_in: int
+    events_out: int
+    events_dropped: int
+    failed_parts: tuple[str, ...] = ()
+
+
+class ClusterLink(Protocol):
+    """The room port: what a cluster backplane provides to one node.
+
+    Every call returns at once or after one bounded round trip; none blocks a handler on
+    a dead cluster (a link that is down answers from what this node knows).
+    """
+
+    def start(self, registry: Registry) -> None:
+        """Join the cluster; events for this node go to ``registry.deliver``."""
+
+    def stop(self) -> None:
+        """Leave the cluster: this node's names and count go at once."""
+
+    def state(self) -> LinkState: ...
+
+    def publish(self, event: Event) -> None:
+        """Tell the other nodes (never blocks; at most once)."""
+
+    def count_changed(self, count: int) -> None:
+        """This node's client count changed (never blocks; coalesced)."""
+
+    def remote_count(self) -> int:
+        """Clients of the other live nodes, as last known (never blocks)."""
+        ...
+
+    def claim(self, key: str, name: str, stamp: int) -> bool:
+        """Hold ``name`` cluster-wide unless another live node holds it."""
+        ...
+
+    def release(self, key: str) -> None:
+        """This node no longer holds the name with ``key``."""
+
+    def names(self) -> list[str] | None:
+        """Every name held by a live node, in join order; None when the link is down."""
+        ...
+
+    def holder(self, key: str) -> str | None:
+        """The name as spelled by a live holder of ``key``, if any."""
+        ...
+
+
+class _Entry:
+    """A member of this node's room: its name as typed, its place in the join order,
+    and since when it hears what other nodes say (kept across renames)."""
+
+    __slots__ = ("hears_since", "member", "name", "order")
+
+    def __init__(self, member: Member, name: str, order: int, hears_since: int) -> None:
+        self.member = member
+        self.name = name
+        self.order = order
+        self.hears_since = hears_since
 
 
 class ChatRoom:
-    """The chat's members by name, in join order; names unique by :func:`name_key`."""
+    """The chat's members by name, in join order; names unique by :func:`name_key`, across
+    the cluster when a link is attached."""
 
-    def __init__(self) -> None:
-        # key -> (member, name as typed, join stamp); dict order is join order.
-        self._by_key: dict[str, tuple[Member, str, int]] = {}
+    def __init__(self, fanout: Fanout = send_each, link: ClusterLink | None = None) -> None:
+        self._fanout = fanout
+        self.link = link
+        self._by_key: dict[str, _Entry] = {}  # dict order is join order
         self._key_of: dict[Member, str] = {}
+        # Names being claimed in the cluster right now: a second client of this node that
+        # asks for one meanwhile is told it is taken, instead of overwriting the claim.
+        self._claiming: set[str] = set()
 
-    def join(self, member: Member, name: str, stamp: int | None = None) -> bool:
+    def _taken_here(self, key: str, member: Member | None = None) -> bool:
+        entry = self._by_key.get(key)
+        return key in self._claiming or (entry is not None and entry.member is not member)
+
+    def join(self, member: Member, name: str) -> bool:
         key = name_key(name)
-        if key in self._by_key:
+        if self._taken_here(key):
             return False
-        self._by_key[key] = (member, name, time.time_ns() if stamp is None else stamp)
+        stamp = time.time_ns()
+        # Claim in the cluster first, join here after: until the claim is settled this
+        # client is not in the room and receives nothing meant for its members.
+        if not self._claim(key, name, stamp):
+            return False
+        self._by_key[key] = _Entry(member, name, stamp, stamp)
         self._key_of[member] = key
         return True
 
-    def rename(self, member: Member, new_name: str, stamp: int | None = None) -> bool:
+    def rename(self, member: Member, new_name: str) -> bool:
         old_key = self._key_of.get(member)
         new_key = name_key(new_name)
-        holder = self._by_key.get(new_key)
-        if old_key is None or (holder is not None and holder[0] is not member):
+        if old_key is None or self._taken_here(new_key, member):
             return False
-        # A new name takes a new place at the end of the join order, like a new arrival.
-        del self._by_key[old_key]
-        self._by_key[new_key] = (member, new_name, time.time_ns() if stamp is None else stamp)
+        stamp = time.time_ns()
+        if new_key != old_key and not self._claim(new_key, new_name, stamp):
+            return False
+        entry = self._by_key.pop(old_key)
+        # A new name takes a new place at the end of the join order, like a new arrival;
+        # what the member hears is unchanged, so a rename loses no line.
+        entry.name, entry.order = new_name, stamp
+        self._by_key[new_key] = entry
         self._key_of[member] = new_key
+        if self.link is not None:
+            if new_key == old_key:
+                self.link.claim(new_key, new_name, stamp)  # the new spelling
+            else:
+                # After the claim, on the same greenlet: the cluster sees the user's
+                # renames in the order they made them.
+                self.link.release(old_key)
         return True
+
+    def _claim(self, key: str, name: str, stamp: int) -> bool:
+        if self.link is None:
+            return True
+        self._claiming.add(key)
+        try:
+            return self.link.claim(key, name, stamp)
+        finally:
+            self._claiming.discard(key)
 
     def leave(self, member: Member) -> None:
         key = self._key_of.pop(member, None)
         if key is not None:
             del self._by_key[key]
+            if self.link is not None:
+                self.link.release(key)
 
     def names(self) -> list[str]:
-        return [name for _, name, _ in self._by_key.values()]
+        """Everyone's names in join order (the whole cluster's when it is reachable)."""
+        local = [entry.name for entry in self._by_key.values()]
+        cluster = self.link.names() if self.link is not None else None
+        if cluster is None:
+            return local
+        # Local names the cluster does not show yet (joined while it was away) go last.
+        shown = {name_key(n) for n in cluster}
+        return cluster + [n for n in local if name_key(n) not in shown]
 
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def holds(self, key: str) -> bool:
-        return key in self._by_key
-
-    def holder_of(self, key: str) -> Member | None:
-        entry = self._by_key.get(key)
-        return None if entry is None else entry[0]
-
-    def key_of(self, member: Member) -> str | None:
-        return self._key_of.get(member)
-
-    def local_keys(self) -> list[str]:
-        return list(self._by_key)
-
     def local_entries(self) -> list[tuple[str, str, int]]:
-        """(key, name, join stamp) of every member of this node's room."""
-        return [(key, name, seq) for key, (_, name, seq) in self._by_key.items()]
+        """(key, name, join-order stamp) of every member of this node's room."""
+        return [(key, entry.name, entry.order) for key, entry in self._by_key.items()]
 
     def publish(self, text: str, exclude: Member | None = None) -> None:
+        """``text`` to every member but ``exclude``, on every node."""
         data = text.encode("utf-8", "surrogateescape")
-        send_to_all([m for m, _, _ in self._by_key.values() if m is not exclude], data)
-
-    def publish_since(self, text: str, stamp: int) -> None:
-        """Deliver here to members who had joined by ``stamp`` (an event from elsewhere
-        that was sent before a newer member arrived is not theirs to see)."""
-        data = text.encode("utf-8", "surrogateescape")
-        send_to_all([m for m, _, joined in self._by_key.values() if joined <= stamp], data)
+        self._fanout([e.member for e in self._by_key.values() if e.member is not exclude], data)
+        if self.link is not None:
+            self.link.publish(RoomLine(text, time.time_ns()))
 
     def send_to(self, name: str, text: str) -> str | None:
-        return self.deliver_to_key(name_key(name), text)
+        """``text`` to the holder of ``name`` (on any node); their name, or None."""
+        key = name_key(name)
+        delivered = self.deliver_direct(key, text)
+        if self.link is None:
+            return delivered
+        # Told to every node even when delivered here: after a split, two users on two
+        # nodes may hold the name, and both get it.
+        self.link.publish(Direct(key, text))
+        return delivered if delivered is not None else self.link.holder(key)
 
-    def deliver_to_key(self, key: str, text: str) -> str | None:
+    # -- what other nodes say, for this node's members --------------------------------------
+
+    def deliver_line(self, text: str, stamp: int) -> None:
+        """A line said elsewhere at ``stamp``: members who arrived later do not see it."""
+        data = text.encode("utf-8", "surrogateescape")
+        self._fanout([e.member for e in self._by_key.values() if e.hears_since <= stamp], data)
+
+    def deliver_direct(self, key: str, text: str) -> str | None:
         entry = self._by_key.get(key)
         if entry is None:
             return None
-        member, actual_name, _ = entry
-        member.send(text)
-        return actual_name
+        entry.member.send(text)
+        return entry.name
 
 
 class Registry:
-    """Every client connected to one server, and delivery to them.
+    """Every client connected to one server, and delivery to them (on every node of the
+    cluster, when a link is attached)."""
 
-    With a cluster backplane attached, what is sent to everyone reaches the clients of
-    every node; :meth:`broadcast_local` stays on this node (the uptime ticks).
-    """
+    def __init__(self, fanout: Fanout = send_each, link: ClusterLink | None = None) -> None:
+        self._members: dict[Member, None] = {}
+        self._fanout = fanout
+        self.link = link
+        self.room = ChatRoom(fanout, link)
 
-    def __init__(self, room: ChatRoom | None = None, backplane: Backplane | None = None) -> None:
-        self._connections: dict[Connection, None] = {}
-        self.room = room if room is not None else ChatRoom()
-        self.backplane = backplane
+    def add(self, member: Member) -> None:
+        self._members[member] = None
+        if self.link is not None:
+            self.link.count_changed(len(self._members))
 
-    def add(self, conn: Connection) -> None:
-        self._connections[conn] = None
-        if self.backplane is not None:
-            self.backplane.set_count(len(self._connections))
-
-    def remove(self, conn: Connection) -> None:
-        self._connections.pop(conn, None)
-        if self.backplane is not None:
-            self.backplane.set_count(len(self._connections))
+    def remove(self, member: Member) -> None:
+        self._members.pop(member, None)
+        if self.link is not None:
+            self.link.count_changed(len(self._members))
 
     def __len__(self) -> int:
-        return len(self._connections)
+        return len(self._members)
 
-    def __iter__(self) -> Iterator[Connection]:
-        return iter(list(self._connections))
+    def __iter__(self) -> Iterator[Member]:
+        return iter(list(self._members))
 
-    def __contains__(self, conn: object) -> bool:
-        return conn in self._connections
+    def __contains__(self, member: object) -> bool:
+        return member in self._members
 
     def count_online(self) -> int:
-        """Clients connected here, plus those of every other live node of the cluster."""
-        remote = self.backplane.remote_count() if self.backplane is not None else 0
-        return len(self._connections) + remote
+        """Clients connected here, plus those of every other live node as last known."""
+        remote = self.link.remote_count() if self.link is not None else 0
+        return len(self._members) + remote
 
-    def send_all(self, data: str | bytes, exclude: Connection | None = None) -> None:
-        """Queue ``data`` for every client (of every node) but ``exclude``."""
+    def send_all(
+        self, data: str | bytes, exclude: Member | None = None, local: bool = False
+    ) -> None:
+        """Queue ``data`` for every client (of every node unless ``local``) but ``exclude``;
+        encoded once for all.  Bytes cross the cluster as they are."""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
-        self.send_all_local(data, exclude)
-        if self.backplane is not None:
-            self.backplane.publish({"t": "all", "data": data.decode("utf-8", "surrogateescape")})
+        elif not isinstance(data, bytes):
+            data = bytes(data)
+        self._fanout([m for m in self._members if m is not exclude], data)
+        if self.link is not None and not local:
+            self.link.publish(ToAll(data))
 
-    def send_all_local(self, data: str | bytes, exclude: Connection | None = None) -> None:
-        """Queue ``data`` for every client of this process, encoded once for all."""
-        if isinstance(data, str):
-            data = data.encode("utf-8", "surrogateescape")
-        send_to_all([c for c in self._connections if c is not exclude], data)
-
-    def broadcast(self, text: str) -> None:
+    def broadcast(self, text: str, local: bool = False) -> None:
         """Send ``[Broadcast] <text>`` as one line to everyone (seed section 3)."""
-        self.send_all(f"[Broadcast] {text}\n")
+        self.send_all(f"[Broadcast] {text}\n", local=local)
 
-    def broadcast_local(self, text: str) -> None:
-        """``broadcast`` to this process's clients only."""
-        self.send_all_local(f"[Broadcast] {text}\n")
-
-    def deliver_remote(self, event: dict[str, Any]) -> None:
+    def deliver(self, event: Event) -> None:
         """An event from another node of the cluster, for this node's clients."""
-        kind, text = event.get("t"), event.get("text", "")
-        # The base class's methods deliver on this node only, whatever room this is.
-        if kind == "room":
-            self.room.publish_since(text, int(event.get("ts", 0)))
-        elif kind == "to":
-            ChatRoom.deliver_to_key(self.room, str(event.get("key")), text)
-        elif kind == "all":
-            self.send_all_local(str(event.get("data", "")))
+        if isinstance(event, RoomLine):
+            self.room.deliver_line(event.text, event.stamp)
+        elif isinstance(event, Direct):
+            self.room.deliver_direct(event.key, event.text)
+        elif isinstance(event, ToAll):
+            self._fanout(list(self._members), event.data)
+        elif isinstance(event, ClientCount):
+            pass  # the link keeps the counts itself

@@ -115,6 +115,13 @@ class Settings:
     backplane_prefix: str = field(
         default="gserver", metadata=_help("prefix of every Redis key and channel gserver uses")
     )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata=_help(
+            "address the metrics port listens on; loopback by default, since metrics "
+            "reveal traffic and a scraper on the same host or a sidecar needs no more"
+        ),
+    )
     metrics_port: int | None = field(
         default=None,
         metadata=_help("serve Prometheus /metrics and /healthz on this port (worker k: +k)"),

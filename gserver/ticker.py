@@ -33,4 +33,4 @@ def _broadcast_forever(server: Server, interval: float) -> None:
     while True:
         gevent.sleep(interval)
         # Each process reports its own uptime to its own clients, even in a cluster.
-        server.registry.broadcast_local(uptime_message(process_uptime()))
+        server.registry.broadcast(uptime_message(process_uptime()), local=True)

@@ -19,7 +19,7 @@ from typing import Any
 from gevent import monkey
 
 from gserver.logs import get_logger
-from gserver.server import open_listener
+from gserver.listener import open_listener
 from gserver.settings import Settings
 
 # The master must not start a gevent hub before forking: use the unpatched calls.

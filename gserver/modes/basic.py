@@ -13,7 +13,7 @@ WELCOME = b"Welcome to TCP Server!\n"
 
 def handle(conn: Connection) -> None:
     conn.send(WELCOME)
-    debug = conn.server.log_debug
+    debug = conn.debug
     while chunk := conn.receive():
         if debug:
             conn.log.debug("data", size=len(chunk))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gserver.connection import Connection
 from gserver.protocol.chat import ChatSession, State
+from gserver.settings import IDLE_TIMEOUT_BY_MODE
 
 
 def handle(conn: Connection) -> None:
@@ -21,4 +22,8 @@ def handle(conn: Connection) -> None:
                 conn.log.info("chat_name", name=logged_name)
     finally:
         # During a server shutdown everyone is told "Server shutting down" instead.
-        session.end(announce=not conn.server.stopping)
+        session.end(announce=not conn.server_stopping)
+
+
+# Chat users read far more than they type, so the idle limit is longer here.
+handle.default_idle_timeout = IDLE_TIMEOUT_BY_MODE["chat"]  # type: ignore[attr-defined]

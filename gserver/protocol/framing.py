@@ -1,9 +1,13 @@
-"""Bytes in, lines out, however TCP splits or merges them.
+"""Bytes in; lines, exact counts or delimited records out, however TCP splits or merges them.
 
-Sans-IO, after h11: :class:`LineFramer` never sees a socket.  Feed it whatever ``recv``
-returned and it hands back the complete lines found so far.  ``\\n`` and ``\\r\\n`` both end
-a line.  A line longer than ``max_line_bytes`` is never buffered whole: the framer reports
-:data:`LINE_TOO_LONG` once, drops the rest of that line, and resumes with the next one.
+Sans-IO, after h11: :class:`ReceiveBuffer` never sees a socket.  A connection feeds it
+whatever ``recv`` returned and takes from it what the handler asks for: a line, exactly
+n bytes, everything up to a separator, or all that is there.  Every way of reading takes
+from this one buffer, so a handler may mix them freely and lose or reorder nothing.
+
+``\\n`` and ``\\r\\n`` both end a line.  A line longer than its limit is never buffered
+whole: :meth:`ReceiveBuffer.take_line` reports :data:`LINE_TOO_LONG` once, the rest of that
+line is dropped as it arrives, and reading resumes with the next line.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Final
 
 
 class _LineTooLong:
-    """Marker in the framer's output where an over-long line was dropped."""
+    """Marker where an over-long line was dropped."""
 
     __slots__ = ()
 
@@ -25,83 +29,123 @@ LINE_TOO_LONG: Final = _LineTooLong()
 Frame = bytes | _LineTooLong
 
 
-class LineFramer:
-    """Splits a byte stream into lines (without their terminator)."""
+class ReceiveBuffer:
+    """Received bytes not yet taken by the handler, with a read offset (so that taking
+    many short lines from one large chunk copies each byte once, not once per line)."""
 
-    __slots__ = ("_discarding", "_pending", "max_line_bytes")
+    __slots__ = ("_data", "_discarding", "_start")
+
+    def __init__(self) -> None:
+        self._data: bytes | bytearray = b""
+        self._start = 0
+        # True while dropping the remainder of a line already reported as too long.
+        self._discarding = False
+
+    def __len__(self) -> int:
+        return len(self._data) - self._start
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes after those already held."""
+        if self._discarding:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return
+            self._discarding = False
+            data = data[newline + 1 :]
+        if self._start == len(self._data):
+            self._data, self._start = data, 0  # the common case: no copy at all
+        elif isinstance(self._data, bytearray) and self._start == 0:
+            self._data += data  # amortised: a long read grows in place
+        else:
+            held = bytearray(self._data[self._start :])
+            held += data
+            self._data, self._start = held, 0
+
+    def _take(self, end: int, skip: int) -> bytes:
+        """Bytes up to ``end``; the read offset moves ``skip`` bytes past ``end``."""
+        data, start = self._data, self._start
+        out = data[start:end]
+        self._start = end + skip
+        if self._start >= len(data):
+            self._data, self._start = b"", 0
+        return out if out.__class__ is bytes else bytes(out)
+
+    def take_line(self, limit: int) -> Frame | None:
+        """The next whole line without its ending; None until one has arrived;
+        LINE_TOO_LONG (once) for a line of more than ``limit`` bytes."""
+        data, start = self._data, self._start
+        newline = data.find(b"\n", start)
+        if newline < 0:
+            held = len(data) - start
+            # One byte of slack: a trailing \r may be the first half of the \r\n ending.
+            if held > limit + 1 or (held == limit + 1 and data[-1] != 13):
+                self._data, self._start, self._discarding = b"", 0, True
+                return LINE_TOO_LONG
+            return None
+        stop = newline - 1 if newline > start and data[newline - 1] == 13 else newline
+        if stop - start > limit:
+            self._take(newline, 1)
+            return LINE_TOO_LONG
+        return self._take(stop, newline + 1 - stop)
+
+    def take_exactly(self, count: int) -> bytes | None:
+        """Exactly ``count`` bytes, or None until that many have arrived."""
+        if len(self) < count:
+            return None
+        return self._take(self._start + count, 0)
+
+    def take_until(self, separator: bytes, limit: int) -> Frame | None:
+        """Bytes up to ``separator`` (consumed, not returned); None until it arrives;
+        LINE_TOO_LONG when more than ``limit`` bytes come before it: what is held is
+        dropped, and the rest of that record is what arrives next."""
+        data, start = self._data, self._start
+        found = data.find(separator, start)
+        if found < 0:
+            if len(data) - start > limit + len(separator) - 1:
+                self._data, self._start = b"", 0
+                return LINE_TOO_LONG
+            return None
+        if found - start > limit:
+            self._take(found, len(separator))
+            return LINE_TOO_LONG
+        return self._take(found, len(separator))
+
+    def take_all(self) -> bytes:
+        """Everything held."""
+        return self._take(len(self._data), 0) if len(self) else b""
+
+    def take_last_line(self) -> bytes:
+        """At end of stream: the unfinished last line, if any (a final line without \\n)."""
+        rest = b"" if self._discarding else self.take_all()
+        self._discarding = False
+        return rest[:-1] if rest.endswith(b"\r") else rest
+
+
+class LineFramer:
+    """Feed bytes, get the lines they complete: :class:`ReceiveBuffer` for callers that
+    only ever want lines (the WebSocket adapter, tests)."""
+
+    __slots__ = ("_buffer", "max_line_bytes")
 
     def __init__(self, max_line_bytes: int = 16384) -> None:
         if max_line_bytes < 1:
             raise ValueError("max_line_bytes must be at least 1")
         self.max_line_bytes = max_line_bytes
-        self._pending = bytearray()
-        # True while dropping the remainder of a line already reported as too long.
-        self._discarding = False
+        self._buffer = ReceiveBuffer()
 
     @property
     def buffered(self) -> int:
         """Bytes held for an unfinished line (never more than max_line_bytes + 1)."""
-        return len(self._pending)
+        return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the lines they complete, in order."""
-        limit = self.max_line_bytes
-        if not self._pending and not self._discarding:
-            # The common case, one whole line in one chunk, without the general loop.
-            end = len(data) - 1
-            if end >= 0 and data[end] == 10 and data.find(b"\n", 0, end) < 0:
-                stop = end - 1 if end > 0 and data[end - 1] == 13 else end
-                return [data[:stop] if stop <= limit else LINE_TOO_LONG]
+        self._buffer.feed(data)
         frames: list[Frame] = []
-        start = 0
-        if self._discarding or self._pending:
-            newline = data.find(b"\n")
-            if newline < 0:
-                if not self._discarding:
-                    self._pending += data
-                    self._check_pending(frames)
-                return frames
-            if self._discarding:
-                self._discarding = False
-            else:
-                self._pending += data[:newline]
-                self._emit(bytes(self._pending), frames)
-                self._pending = bytearray()
-            start = newline + 1
-        find = data.find
-        end = len(data)
-        while start < end:
-            newline = find(b"\n", start)
-            if newline < 0:
-                self._pending = bytearray(data[start:])
-                self._check_pending(frames)
-                break
-            stop = newline - 1 if newline > start and data[newline - 1] == 13 else newline
-            frames.append(LINE_TOO_LONG if stop - start > limit else data[start:stop])
-            start = newline + 1
+        while (frame := self._buffer.take_line(self.max_line_bytes)) is not None:
+            frames.append(frame)
         return frames
 
-    def _emit(self, line: bytes, frames: list[Frame]) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        frames.append(LINE_TOO_LONG if len(line) > self.max_line_bytes else line)
-
-    def _check_pending(self, frames: list[Frame]) -> None:
-        """Drop an unfinished line as soon as it is too long to ever be accepted."""
-        length = len(self._pending)
-        # One byte of slack: a trailing \r may be the first half of the \r\n ending.
-        if length > self.max_line_bytes + 1 or (
-            length == self.max_line_bytes + 1 and self._pending[-1] != 13
-        ):
-            frames.append(LINE_TOO_LONG)
-            self._pending = bytearray()
-            self._discarding = True
-
     def flush(self) -> bytes:
-        """At end of stream: the unfinished last line, if any (a final line without \\n)."""
-        pending = bytes(self._pending)
-        self._pending = bytearray()
-        self._discarding = False
-        if pending.endswith(b"\r"):
-            pending = pending[:-1]
-        return pending
+        """At end of stream: the unfinished last line, if any."""
+        return self._buffer.take_last_line()

@@ -1,0 +1,88 @@
+"""Who may come in: ``max_clients`` at once and ``max_clients_per_ip`` from one address.
+
+Decided in the accept callback, before a client costs a greenlet: a client beyond a limit
+is accepted, told ``Server full`` and closed, instead of being left unanswered in the
+kernel backlog as a full gevent ``Pool`` would leave it.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from gserver.connection import format_peer
+from gserver.counters import Stats
+from gserver.settings import Settings
+
+SERVER_FULL = b"Server full, try again later\n"
+
+
+def client_ip(address: Any) -> str:
+    return format_peer(address).rpartition(":")[0]
+
+
+def refuse(sock: Any, message: bytes | None) -> None:
+    """Say ``message`` (if any) to a client that is not admitted, and close it."""
+    try:
+        if message:
+            sock.send(message)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class Admission:
+    """Counts clients from admission to their end, handshakes included: a burst of connects
+    accepted in one loop turn, or silent TLS clients, cannot slip past the limits."""
+
+    def __init__(self, settings: Settings, max_clients: int, stats: Stats, log: Any) -> None:
+        self.max_clients = max_clients
+        self.per_ip_limit = settings.max_clients_per_ip
+        # With the PROXY protocol the real address comes later, in the header: the per-IP
+        # limit is checked then, by the server, with over_per_ip_limit.
+        self.ip_known_at_accept = not settings.proxy_protocol
+        self.stats = stats
+        self.log = log
+        self.admitted = 0
+        self._per_ip: dict[str, int] = {}
+
+    def admit(self, sock: Any, address: Any, stopping: bool) -> bool:
+        """True if this new client gets a greenlet; otherwise it has been answered."""
+        if stopping:
+            reason = "stopping"
+        elif self.admitted >= self.max_clients:
+            self.stats.refused_full += 1
+            reason = "max_clients"
+        elif self.ip_known_at_accept and self.over_per_ip_limit(address):
+            self.stats.refused_per_ip += 1
+            reason = "max_clients_per_ip"
+        else:
+            self.admitted += 1
+            if self.ip_known_at_accept:
+                self.count_ip(address, +1)
+            return True
+        self.log.info("refused", client=format_peer(address), reason=reason)
+        refuse(sock, None if reason == "stopping" else SERVER_FULL)
+        return False
+
+    def gone(self, address: Any) -> None:
+        """An admitted client has ended (however it ended)."""
+        self.admitted -= 1
+        if self.ip_known_at_accept:
+            self.count_ip(address, -1)
+
+    def over_per_ip_limit(self, address: Any) -> bool:
+        limit = self.per_ip_limit
+        return bool(limit) and self._per_ip.get(client_ip(address), 0) >= limit
+
+    def count_ip(self, address: Any, change: int) -> None:
+        """Keep the per-IP counts, only where there is a per-IP limit to enforce."""
+        if not self.per_ip_limit:
+            return
+        ip = client_ip(address)
+        count = self._per_ip.get(ip, 0) + change
+        if count > 0:
+            self._per_ip[ip] = count
+        else:
+            self._per_ip.pop(ip, None)
