@@ -3,7 +3,8 @@
 The master opens the socket, then forks the workers before any gevent hub exists, so each
 worker starts its own event loop on the shared socket (no SO_REUSEPORT: a second gserver
 on the same port still fails).  The master restarts a worker that dies and, on SIGTERM or
-SIGINT, stops every worker gracefully, each once.  It never runs gevent itself.
+SIGINT, stops every worker gracefully, each once, killing whatever is left at a deadline.
+It never runs gevent itself.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 from gevent import monkey
 
-from gserver.logs import get_logger
 from gserver.listener import open_listener
+from gserver.logs import get_logger
 from gserver.settings import Settings
 
 # The master must not start a gevent hub before forking: use the unpatched calls.
@@ -28,9 +29,19 @@ _waitpid: Callable[[int, int], tuple[int, int]] = monkey.get_original("os", "wai
 _sleep: Callable[[float], None] = monkey.get_original("time", "sleep")
 _signal: Callable[..., Any] = monkey.get_original("signal", "signal")
 _MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
+# SIGALRM ends the master's wait for its workers once it is stopping (see _arm_deadline).
+_DEADLINE_SIGNAL = signal.SIGALRM
+_HELD_SIGNALS = (*_MASTER_SIGNALS, _DEADLINE_SIGNAL)
 # A worker that dies sooner than this after starting is restarted only after a pause.
 CRASH_LOOP_SECONDS = 1.0
+# How long past shutdown_grace a stopping worker may take before it is killed.  After the
+# grace, what is left of a worker's own stop is bounded step by step (unwinding its
+# clients' handlers, leaving Redis, stopping the metrics server: about 5 s at most all
+# told, see Server._stop_gracefully, and milliseconds as a rule), so a worker still there
+# is stuck (frozen in a blocking call, or stopped) and would not end by waiting longer.
+KILL_MARGIN_SECONDS = 5.0
 EXIT_START_FAILED = 1
+EXIT_FORCED = 1
 
 RunWorker = Callable[[int, socket.socket], int]
 
@@ -45,6 +56,8 @@ class Master:
         self.exit_status = 0
         self.interrupts = 0
         self.listener: socket.socket | None = None
+        self.deadline = 0.0  # seconds given to the workers to stop, once stopping
+        self.killed: set[int] = set()  # pids SIGKILLed at the deadline, logged when reaped
 
     def run(self) -> int:
         s = self.settings
@@ -52,10 +65,14 @@ class Master:
         host, port = self.listener.getsockname()[:2]
         for signum in _MASTER_SIGNALS:
             _signal(signum, self._on_signal)
+        _signal(_DEADLINE_SIGNAL, self._on_deadline)
         self.log.info("master_listening", host=host, port=port, workers=s.workers)
         for index in range(s.workers):
             self._spawn(index)
         while self.workers:
+            # Signals interrupt this wait only to be retried (PEP 475): the handlers do
+            # what cannot wait, the deadline's SIGKILL included, and it returns as soon as
+            # a worker dies of it.
             try:
                 pid, status = _waitpid(-1, 0)
             except ChildProcessError:
@@ -64,6 +81,11 @@ class Master:
                 continue
             index, started = self.workers.pop(pid)
             code = os.waitstatus_to_exitcode(status)
+            if pid in self.killed and code == -signal.SIGKILL:
+                self.log.warning(
+                    "worker_killed", worker=index, worker_pid=pid, deadline=self.deadline
+                )
+                self.exit_status = EXIT_FORCED
             self.log.info("worker_exited", worker=index, worker_pid=pid, status=code)
             if self.stopping:
                 continue
@@ -73,11 +95,13 @@ class Master:
                 self.stopping = True
                 self.exit_status = EXIT_START_FAILED
                 self._signal_workers(signal.SIGTERM)
+                self._arm_deadline(s.shutdown_grace + KILL_MARGIN_SECONDS)
                 continue
             if time.monotonic() - started < CRASH_LOOP_SECONDS:
                 _sleep(CRASH_LOOP_SECONDS)
             if not self.stopping:
                 self._spawn(index)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         self.log.info("stopped", status=self.exit_status)
         return self.exit_status
 
@@ -85,31 +109,52 @@ class Master:
         assert self.listener is not None
         # Hold signals until the new worker is on record, or a SIGTERM arriving in between
         # would miss it and leave it running forever.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _MASTER_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        if self.stopping:  # a stop signal came after the caller looked: start nothing
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
+            return
         try:
             pid = _fork()
         except OSError:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _MASTER_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
             raise
         if pid == 0:  # the worker
-            for signum in _MASTER_SIGNALS:
-                _signal(signum, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _MASTER_SIGNALS)
             code = 1
             try:
+                for signum in _HELD_SIGNALS:
+                    _signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
                 code = self.run_worker(index, self.listener)
             except Exception:
                 self.log.exception("worker_crashed", worker=index)
             finally:
                 os._exit(code)
         self.workers[pid] = (index, time.monotonic())
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _MASTER_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
         self.log.info("worker_started", worker=index, worker_pid=pid)
 
     def _signal_workers(self, signum: int) -> None:
         for pid in list(self.workers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
+
+    def _arm_deadline(self, seconds: float) -> None:
+        """SIGKILL the workers left in ``seconds`` (sooner if already due sooner).
+
+        A timer signal rather than a timed wait: the blocking ``waitpid`` stays as it is,
+        and the deadline handler's SIGKILL makes it return."""
+        remaining, _interval = signal.getitimer(signal.ITIMER_REAL)
+        if 0 < remaining <= seconds:
+            return
+        self.deadline = seconds
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def _on_deadline(self, _signum: int, _frame: Any) -> None:
+        # A signal handler too: no logging; the loop logs worker_killed as it reaps each.
+        for pid in list(self.workers):
+            self.killed.add(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
@@ -119,12 +164,15 @@ class Master:
             self.interrupts += 1
         if signum == signal.SIGQUIT or self.interrupts > 1:
             # At once: each worker exits with status 1 on SIGQUIT, and so does the master.
+            # One frozen in a blocking call cannot act on it: it is killed after the margin.
             self.stopping = True
-            self.exit_status = 1
+            self.exit_status = EXIT_FORCED
             self._signal_workers(signal.SIGQUIT)
+            self._arm_deadline(KILL_MARGIN_SECONDS)
             return
         if not self.stopping:  # a repeated SIGTERM changes nothing
             # No logging here: a signal arriving in the middle of a log write would make
             # the write re-entrant.  The workers log their own shutdown.
             self.stopping = True
             self._signal_workers(signal.SIGTERM)
+            self._arm_deadline(self.settings.shutdown_grace + KILL_MARGIN_SECONDS)
