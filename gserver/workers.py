@@ -4,15 +4,18 @@ The master opens the socket, then forks the workers before any gevent hub exists
 worker starts its own event loop on the shared socket (no SO_REUSEPORT: a second gserver
 on the same port still fails).  The master restarts a worker that dies and, on SIGTERM or
 SIGINT, stops every worker gracefully, each once, killing whatever is left at a deadline.
-It never runs gevent itself.
+It never runs gevent itself.  A worker stops when its master dies, however it died.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +31,8 @@ _fork: Callable[[], int] = monkey.get_original("os", "fork")
 _waitpid: Callable[[int, int], tuple[int, int]] = monkey.get_original("os", "waitpid")
 _sleep: Callable[[float], None] = monkey.get_original("time", "sleep")
 _signal: Callable[..., Any] = monkey.get_original("signal", "signal")
+# A native thread, not a greenlet: it must run even while a worker's hub is blocked.
+_start_thread: Callable[..., int] = monkey.get_original("_thread", "start_new_thread")
 _MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # SIGALRM ends the master's wait for its workers once it is stopping (see _arm_deadline).
 _DEADLINE_SIGNAL = signal.SIGALRM
@@ -40,8 +45,12 @@ CRASH_LOOP_SECONDS = 1.0
 # told, see Server._stop_gracefully, and milliseconds as a rule), so a worker still there
 # is stuck (frozen in a blocking call, or stopped) and would not end by waiting longer.
 KILL_MARGIN_SECONDS = 5.0
+# How often a worker checks that its master is still its parent, where no parent-death
+# signal exists (it is the fallback; Linux tells the worker at once).
+MASTER_POLL_SECONDS = 1.0
 EXIT_START_FAILED = 1
 EXIT_FORCED = 1
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 RunWorker = Callable[[int, socket.socket], int]
 
@@ -63,6 +72,7 @@ class Master:
         s = self.settings
         self.listener = open_listener(s.host, s.port, s.backlog, unpatched=True)
         host, port = self.listener.getsockname()[:2]
+        _prctl()  # looked up once here, so that no worker pays for it
         for signum in _MASTER_SIGNALS:
             _signal(signum, self._on_signal)
         _signal(_DEADLINE_SIGNAL, self._on_deadline)
@@ -113,6 +123,7 @@ class Master:
         if self.stopping:  # a stop signal came after the caller looked: start nothing
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
             return
+        master_pid = os.getpid()
         try:
             pid = _fork()
         except OSError:
@@ -123,6 +134,7 @@ class Master:
             try:
                 for signum in _HELD_SIGNALS:
                     _signal(signum, signal.SIG_DFL)
+                self._follow_master(master_pid)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
                 code = self.run_worker(index, self.listener)
             except Exception:
@@ -132,6 +144,18 @@ class Master:
         self.workers[pid] = (index, time.monotonic())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_SIGNALS)
         self.log.info("worker_started", worker=index, worker_pid=pid)
+
+    def _follow_master(self, master_pid: int) -> None:
+        """In a new worker: stop when the master dies, even by SIGKILL, which it cannot
+        pass on; orphans would keep serving the port, and the next start would fail."""
+        prctl = _prctl()
+        if prctl is not None:
+            # Linux sends the SIGTERM the master would have sent, at once, as it dies.
+            prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != master_pid:  # it died before that took effect: nobody to serve
+            os._exit(0)
+        # Everywhere else, and for a worker too stuck to act on SIGTERM, a watcher.
+        watch_master(master_pid, self.settings.shutdown_grace + KILL_MARGIN_SECONDS)
 
     def _signal_workers(self, signum: int) -> None:
         for pid in list(self.workers):
@@ -176,3 +200,40 @@ class Master:
             self.stopping = True
             self._signal_workers(signal.SIGTERM)
             self._arm_deadline(self.settings.shutdown_grace + KILL_MARGIN_SECONDS)
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """Linux's prctl(2) from the C library, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+def watch_master(master_pid: int, deadline: float) -> None:
+    """Start a thread that stops this process once ``master_pid`` is no longer its parent.
+
+    As gunicorn does, it looks for a changed parent (the orphan is adopted by init or a
+    subreaper), every MASTER_POLL_SECONDS; then it sends this process SIGTERM, so that the
+    worker's own graceful stop runs, and SIGKILL ``deadline`` seconds later in case that
+    stop cannot run or end (the worker frozen in a blocking call).  A native thread, not a
+    greenlet, for that last case; it touches nothing of gevent's, nor any lock."""
+    # The thread starts with every signal blocked (a new thread inherits the mask), so
+    # that signals meant for the worker go to its main thread, where gevent expects them.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        _start_thread(_watch_master, (master_pid, deadline))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _watch_master(master_pid: int, deadline: float) -> None:
+    while os.getppid() == master_pid:
+        _sleep(MASTER_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+    _sleep(deadline)
+    os.kill(os.getpid(), signal.SIGKILL)
