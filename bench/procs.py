@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gserver.testing.probes import cpu_seconds, free_port
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 BUILD = BENCH / "build"
@@ -83,12 +85,6 @@ def redis_available() -> str | None:
     if importlib.util.find_spec("redis") is None:
         return f"the `redis` Python package is not installed for {sys.executable}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -397,13 +393,6 @@ def stop(run: Running) -> None:
     run.exit_code = run.proc.returncode
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
-
-
 def children(pid: int) -> list[int]:
     """The live processes whose parent is ``pid``."""
     out = []
@@ -421,22 +410,11 @@ def children(pid: int) -> list[int]:
 
 def tree_cpu_secs(pid: int) -> float:
     """CPU seconds of ``pid`` and its live descendants (a master and its workers)."""
-    total = cpu_secs(pid)
+    total = cpu_seconds(pid)
     for child in children(pid):
         with contextlib.suppress(OSError):
             total += tree_cpu_secs(child)
     return total
-
-
-def socket_inodes(pid: int) -> set[str]:
-    """The inodes of the sockets ``pid`` has open."""
-    out = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                out.add(link[8:-1])
-    return out
 
 
 def established_inodes(port: int) -> set[str]:
@@ -447,11 +425,3 @@ def established_inodes(port: int) -> set[str]:
         if f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
             out.add(f[9])
     return out
-
-
-def cpu_secs(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")

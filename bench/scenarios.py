@@ -28,17 +28,15 @@ from bench.procs import (
     Running,
     ServerSpec,
     children,
-    cpu_secs,
     established_inodes,
     greet,
     gserver,
     gserver_workers,
     node,
-    rss_bytes,
     serve,
-    socket_inodes,
     tree_cpu_secs,
 )
+from gserver.testing.probes import cpu_seconds, rss_bytes, socket_inodes
 
 Metrics = dict[str, Any]
 
@@ -177,9 +175,9 @@ def measure_echo(run: Running, cfg: Config, loadgen: Path) -> Metrics:
         "--warmup",
         str(cfg.warmup),
     ]
-    cpu0, t0 = cpu_secs(run.pid), time.perf_counter()
+    cpu0, t0 = cpu_seconds(run.pid), time.perf_counter()
     out = run_loadgen(loadgen, args, timeout=60 + cfg.warmup + cfg.duration + 30)
-    cpu = (cpu_secs(run.pid) - cpu0) / (time.perf_counter() - t0) * 100
+    cpu = (cpu_seconds(run.pid) - cpu0) / (time.perf_counter() - t0) * 100
     return {**out, "server_cpu_pct": cpu}
 
 
@@ -217,7 +215,7 @@ def measure_chat(run: Running, cfg: Config, loadgen: Path) -> Metrics:
                 peak[w] = max(peak[w], len(socket_inodes(w) & conns))
 
     redis0 = rclient.info("stats")["total_connections_received"] if rclient else 0
-    redis_cpu0 = cpu_secs(run.redis.pid) if run.redis else 0.0
+    redis_cpu0 = cpu_seconds(run.redis.pid) if run.redis else 0.0
     cpu0, t0 = tree_cpu_secs(run.pid), time.perf_counter()
     out = run_loadgen(
         loadgen,
@@ -233,7 +231,7 @@ def measure_chat(run: Running, cfg: Config, loadgen: Path) -> Metrics:
     if len(workers) > 1:
         metrics["clients_per_worker"] = " / ".join(str(peak[w]) for w in workers)
     if run.redis is not None and rclient is not None:
-        metrics["redis_cpu_pct"] = (cpu_secs(run.redis.pid) - redis_cpu0) / wall * 100
+        metrics["redis_cpu_pct"] = (cpu_seconds(run.redis.pid) - redis_cpu0) / wall * 100
         metrics.update(_redis_stats(run, rclient, redis0))
     return metrics
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gserver.testing.probes import free_port
 from tests.conftest import WAIT, Client, ServerProcess, chat_join, run_gserver
 from tests.test_metrics import http_get
 
@@ -20,12 +21,6 @@ REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs it)"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Redis:

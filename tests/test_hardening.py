@@ -8,18 +8,11 @@ import select
 import socket
 import struct
 import threading
-from pathlib import Path
 
 import pytest
 
+from gserver.testing.probes import rss_bytes
 from tests.conftest import Client, chat_join
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def reset(client: Client) -> None:

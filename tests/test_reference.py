@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from gserver.testing.probes import free_port
 from tests.conftest import SHARED, WAIT, Client
 
 REFERENCE = SHARED / "reference"
@@ -23,12 +24,6 @@ pytestmark = pytest.mark.skipif(
     NODE is None or not (REFERENCE / "client.js").is_file(),
     reason="the seed's Node programs (../shared/reference) or node are not available here",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_listening(port: int) -> None:

@@ -1,0 +1,1 @@
+"""Testing gserver and handlers written for it."""
