@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from gserver.testing.probes import alive, wait_until
 from gserver.workers import KILL_MARGIN_SECONDS, MASTER_POLL_SECONDS
 from tests.conftest import WAIT, Client, ServerProcess, clean_env
 
@@ -40,24 +41,10 @@ def handle(conn):
 """
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` still runs; an orphan's zombie (init reaps it when it will) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    return True
-
-
 def wait_gone(pids: list[int], timeout: float = WAIT) -> float:
     """Seconds until none of ``pids`` runs any more; fails after ``timeout``."""
     start = time.monotonic()
-    while any(alive(pid) for pid in pids):
-        assert time.monotonic() - start < timeout, f"still running: {[p for p in pids if alive(p)]}"
-        time.sleep(0.05)
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout, f"{pids} gone")
     return time.monotonic() - start
 
 
