@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from gserver.testing.probes import alive, wait_until
+from gserver.testing.process import WAIT, ServerProcess
 from gserver.workers import KILL_MARGIN_SECONDS, MASTER_POLL_SECONDS
-from tests.conftest import WAIT, Client, ServerProcess, clean_env
+from tests.conftest import Client, clean_env
 
 GRACE = 1.0
 # The master kills what is left this long after it is asked to stop.
