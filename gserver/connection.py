@@ -206,9 +206,9 @@ class Connection:
         "_outbox",
         "_queued",
         "_raw",
-        "_read_event",
-        "_sock",
-        "_write_event",
+        "_read_watcher",
+        "_socket",
+        "_write_watcher",
         "_writer",
         "address",
         "bytes_in",
@@ -226,15 +226,15 @@ class Connection:
         self._context = context
         self.address = address
         self._log: Any = None  # bound on first use: an idle client needs no logger of its own
-        self._sock = sock
+        self._socket = sock
         self._hub = hub = gevent.get_hub()
         if compat.is_ssl_socket(sock):  # gevent's SSL socket: its own watchers and calls
             self._raw = None
-            self._read_event = compat.read_watcher_of(sock)
+            self._read_watcher = compat.read_watcher_of(sock)
         else:  # the standard library's socket, non-blocking
             self._raw = sock
-            self._read_event = compat.io_watcher(sock.fileno(), compat.READ)
-        self._write_event: Any = None
+            self._read_watcher = compat.io_watcher(sock.fileno(), compat.READ)
+        self._write_watcher: Any = None
         self._buffer: ReceiveBuffer | None = None  # made by the first read that needs it
         self._drained_input = False
         self._outbox: list[bytes] = []
@@ -422,7 +422,7 @@ class Connection:
             return
         self.state = _CLOSING
         self.close_reason = reason
-        compat.cancel_wait(self._read_event, _WAKEUP)
+        compat.cancel_wait(self._read_watcher, _WAKEUP)
 
     def abort(self, reason: str, **details: Any) -> None:
         """Close at once, dropping queued output (a broken or hopelessly slow client)."""
@@ -513,7 +513,7 @@ class Connection:
                 # read that would fail (a system call and an exception per message saved).
                 self._drained_input = False
                 try:
-                    self._wait(self._read_event)
+                    self._wait(self._read_watcher)
                 except _Wakeup:
                     continue
                 except OSError as exc:
@@ -525,7 +525,7 @@ class Connection:
                     data = _receive_view[:size].tobytes()
                     self._drained_input = 0 < size < RECV_SIZE
                 else:
-                    data = self._sock.recv(RECV_SIZE)
+                    data = self._socket.recv(RECV_SIZE)
             except BlockingIOError:
                 self._drained_input = True  # wait at the top of the loop, outside this
                 # handler: an exception kept alive while the client idles costs memory
@@ -620,9 +620,9 @@ class Connection:
             self.last_write_progress = self._hub.loop.now()
             while self._outbox and self.state is not _CLOSED:
                 if self._raw is not None:
-                    if self._write_event is None:
-                        self._write_event = compat.io_watcher(self._raw.fileno(), compat.WRITE)
-                    self._wait(self._write_event)
+                    if self._write_watcher is None:
+                        self._write_watcher = compat.io_watcher(self._raw.fileno(), compat.WRITE)
+                    self._wait(self._write_watcher)
                     before = self._queued
                     if self._write_available() or self._queued < before:
                         self.last_write_progress = self._hub.loop.now()
@@ -640,7 +640,7 @@ class Connection:
         self._outbox.clear()
         view = memoryview(data)
         while view:
-            sent = self._sock.send(view[:SEND_CHUNK])
+            sent = self._socket.send(view[:SEND_CHUNK])
             view = view[sent:]
             self._queued -= sent
             self.bytes_out += sent
@@ -653,10 +653,10 @@ class Connection:
             return
         self.state = _CLOSED
         if self._raw is None:
-            self._sock.close()  # gevent's SSL socket wakes its own waiters
+            self._socket.close()  # gevent's SSL socket wakes its own waiters
             return
         # Wake whoever waits on this socket with an error, then close the descriptor.
-        watchers = [self._read_event, self._write_event]
+        watchers = [self._read_watcher, self._write_watcher]
         compat.close_after_waking(watchers, _CLOSED_ERROR, self._raw.close)
 
     def finish(self) -> None:
@@ -678,7 +678,7 @@ class Connection:
 
     def _linger(self) -> None:
         try:
-            self._sock.shutdown(socket.SHUT_WR)
+            self._socket.shutdown(socket.SHUT_WR)
         except OSError:
             return
         with gevent.Timeout(LINGER_SECONDS, False):
@@ -689,12 +689,12 @@ class Connection:
         """Read and drop what the client still sends; False at its end of stream."""
         try:
             if self._raw is None:
-                return bool(self._sock.recv(RECV_SIZE))
+                return bool(self._socket.recv(RECV_SIZE))
             while True:
                 try:
                     return bool(self._raw.recv_into(_receive_buffer))
                 except BlockingIOError:
                     pass
-                self._wait(self._read_event)
+                self._wait(self._read_watcher)
         except (OSError, _Wakeup):  # a late wake-up from close() ends the wait just the same
             return False

@@ -36,7 +36,7 @@ Handler = Callable[[Connection], None]
 SHUTTING_DOWN = "Server shutting down\n"
 # After the grace period, how long aborted clients get to unwind, and then how long
 # handlers that were killed get, before the server stops without them.
-UNWIND_SECONDS = 0.5
+UNWIND_SECONDS = 0.25
 
 __all__ = ["Companion", "Handler", "Server", "StartError", "Stats"]
 

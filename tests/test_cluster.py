@@ -70,12 +70,22 @@ class Redis:
         self.proc.kill()
         self.proc.wait()
 
+    def hang(self) -> None:
+        """Stop answering without closing anything, as in a network partition."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server = Redis(tmp_path)
     yield server
     if server.proc is not None and server.proc.poll() is None:
+        server.resume()
         server.kill()
 
 
@@ -315,3 +325,34 @@ def test_workers_keep_port_in_use_an_error(start_server, tmp_path: Path) -> None
     )
     assert result.returncode == 1
     assert "already in use" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["basic", "echo", "chat", "inspect"])
+def test_a_hung_redis_delays_no_greeting(start_server, redis_server: Redis, mode: str) -> None:
+    server = node(start_server, redis_server, "--mode", mode)
+    other = node(start_server, redis_server, "--mode", mode)
+    with Client(other.port) as elsewhere:
+        if mode == "chat":
+            elsewhere.read_until(": ")
+        elif mode != "inspect":
+            elsewhere.read_line()
+        # Counted on the first node once its count event has arrived there.
+        if mode == "echo":
+            greeted_with(server.port, "Welcome! Currently 2 clients online\n").close()
+        redis_server.hang()
+        try:
+            for _ in range(3):  # connects and disconnects: none may wait on Redis
+                with Client(server.port) as client:
+                    client.sock.settimeout(1.0)  # a blocking Redis call would take 5 s
+                    if mode == "basic":
+                        assert client.read_line() == "Welcome to TCP Server!\n"
+                    elif mode == "echo":
+                        # The other node's client, as last known, still counts.
+                        assert client.read_line() == "Welcome! Currently 2 clients online\n"
+                    elif mode == "chat":
+                        assert client.read_until(": ") == "Enter your username: "
+                    else:
+                        client.send(b"x")
+                        assert client.read_line() == "Length: 1\n"
+        finally:
+            redis_server.resume()

@@ -38,7 +38,7 @@ def test_keepalive_is_set_on_client_sockets(start_server, tmp_path: Path) -> Non
     handler.write_text(
         "import socket\n"
         "def handle(conn):\n"
-        "    s = conn._sock\n"
+        "    s = conn._socket  # the accepted socket itself\n"
         "    conn.send(f'{s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)} '\n"
         "              f'{s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)}\\n')\n"
     )
@@ -127,3 +127,28 @@ def test_dual_stack_host_serves_ipv4_and_ipv6(start_server) -> None:
         assert v4.read_line() == "Welcome to TCP Server!\n"
     with Client(server.port, "::1", socket.AF_INET6) as v6:
         assert v6.read_line() == "Welcome to TCP Server!\n"
+
+
+def test_a_handler_that_survives_its_kill_still_lets_gserver_stop(
+    start_server, tmp_path: Path
+) -> None:
+    (tmp_path / "stubborn.py").write_text(
+        "import gevent\n"
+        "def handle(conn):\n"
+        "    conn.send('hello\\n')\n"
+        "    while True:\n"
+        "        try:\n"
+        "            gevent.sleep(0.05)\n"
+        "        except BaseException:\n"
+        "            pass  # a handler that will not die\n"
+    )
+    server = start_server("--handler", "stubborn:handle", "--shutdown-grace", "0.5", cwd=tmp_path)
+    with Client(server.port) as client:
+        assert client.read_line() == "hello\n"
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+        took = time.monotonic() - started
+    assert took < 0.5 + 1, f"stopping took {took:.2f} s"
+    assert server.wait_for_log("stopped")["still_running"] == 1
+    assert not [line for line in server.raw_stderr if "Traceback" in line]
