@@ -161,3 +161,25 @@ def test_the_client_speaks_tls(start_server, certs: dict[str, Path]) -> None:
     )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_client_reads_tls_replies_after_its_input_ends(
+    start_server, certs: dict[str, Path]
+) -> None:
+    # Piped input ends at once: the client half-closes, and what the server says after
+    # that must still be decrypted (it used to print the raw TLS records).
+    server = start_server("--mode", "chat", *tls_args(certs))
+    command = [sys.executable, "-m", "gserver.client", "--host", "127.0.0.1"]
+    result = subprocess.run(
+        [*command, "--port", str(server.port), "--tls-insecure"],
+        input="carol\n/quit\n",
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "Connected to server\nEnter your username: Welcome carol!\nDisconnected\n"
+    )
