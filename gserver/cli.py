@@ -106,7 +106,9 @@ def compose(settings: Settings, mode: Mode, worker_index: int | None = None) -> 
     if settings.metrics_port is not None:
         from gserver.metrics import MetricsPort  # prometheus_client only when asked for
 
-        companions.append(MetricsPort(settings.metrics_host, settings.metrics_port, log))
+        idle = settings.handshake_timeout or None  # what bounds an HTTP request here too
+        port = MetricsPort(settings.metrics_host, settings.metrics_port, log, idle)
+        companions.append(port)
     return Server(
         mode.handler,
         settings,

@@ -9,6 +9,7 @@ import and names the version (and pyproject.toml caps gevent below the next majo
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -97,6 +98,19 @@ def read_watcher_of(sock: Any) -> Any:
 def underlying_socket(sock: Any) -> Any:
     """The standard library socket inside one of gevent's socket objects."""
     return getattr(sock, "_sock", sock)
+
+
+def send_tls_close_notify(sock: Any) -> None:
+    """Send TLS's close_notify on gevent's SSL socket, without waiting for the peer's, so
+    that the client sees a clean end of the TLS stream rather than a truncation.  Best
+    effort: a socket that will not take even that (a slow consumer) is closed regardless."""
+    sslobj = getattr(sock, "_sslobj", None)
+    if sslobj is None:
+        return
+    # The first SSL_shutdown writes close_notify; the wait for the peer's that follows
+    # surfaces as a "want read" on this non-blocking socket, and is not needed.
+    with contextlib.suppress(OSError, ValueError):
+        sslobj.shutdown()
 
 
 def kill_soon(greenlet: Any, error: type[BaseException] = gevent.GreenletExit) -> None:

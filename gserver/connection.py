@@ -48,6 +48,8 @@ SEND_CHUNK = 256 * 1024
 # A client that sends without reading what it is owed is read no further while this much
 # of its own output waits (half of max_output_bytes where that is smaller).
 READ_PAUSE_BYTES = 256 * 1024
+# A warning that a client can trigger at will is logged once per client this often.
+WARN_EVERY_SECONDS = 5.0
 
 # One receive buffer for the whole process: only one greenlet runs at a time, and what is
 # received is copied out before the next switch.
@@ -208,6 +210,7 @@ class Connection:
         "_raw",
         "_read_watcher",
         "_socket",
+        "_too_long",
         "_write_watcher",
         "_writer",
         "address",
@@ -242,6 +245,7 @@ class Connection:
         self._flush_scheduled = False
         self._writer: Any = None
         self._flood_logged = False
+        self._too_long: list[float] | None = None  # [last logged, how many since]: lazily
         self._max_output = context.max_output
         self.state = _OPEN
         self.close_reason: str | None = None
@@ -349,14 +353,16 @@ class Connection:
                 continue
             if self.state is not _OPEN:
                 return
-            if frame is LINE_TOO_LONG:
-                self.log.info("line_too_long", max_line_bytes=limit)
-                self.send(f"Error: line too long (max {limit} bytes)\n")
-                continue
+            # An over-long line is a line for flood control too: otherwise it would be a
+            # way around it (each one answered, and each one logged).
             if bucket is not None:
                 self._obey_flood_limit(bucket)
                 if self.state is not _OPEN:
                     return
+            if frame is LINE_TOO_LONG:
+                self._warn_line_too_long(limit)
+                self.send(f"Error: line too long (max {limit} bytes)\n")
+                continue
             line = decode(frame)  # type: ignore[arg-type]
             stats.lines_in += 1
             if log_lines:
@@ -558,6 +564,19 @@ class Connection:
         self.last_read = self._hub.loop.now() + delay
         gevent.sleep(delay)
 
+    def _warn_line_too_long(self, limit: int) -> None:
+        """Logged at most once per client every WARN_EVERY_SECONDS, with how many were not:
+        a client can send over-long lines at will, and must not be able to fill the disk."""
+        now = self._hub.loop.now()
+        if self._too_long is None:
+            self._too_long = [now - WARN_EVERY_SECONDS, 0]
+        last, unlogged = self._too_long
+        if now - last < WARN_EVERY_SECONDS:
+            self._too_long[1] = unlogged + 1
+            return
+        self._too_long[:] = [now, 0]
+        self.log.info("line_too_long", max_line_bytes=limit, not_logged_since_last=unlogged)
+
     def _wait_for_output_to_drain(self) -> None:
         """Backpressure: while this client owes itself much output, read no more from it."""
         if self._writer is None:
@@ -653,6 +672,7 @@ class Connection:
             return
         self.state = _CLOSED
         if self._raw is None:
+            compat.send_tls_close_notify(self._socket)
             self._socket.close()  # gevent's SSL socket wakes its own waiters
             return
         # Wake whoever waits on this socket with an error, then close the descriptor.
@@ -677,6 +697,8 @@ class Connection:
             self._close_socket()
 
     def _linger(self) -> None:
+        if self._raw is None:
+            compat.send_tls_close_notify(self._socket)
         try:
             self._socket.shutdown(socket.SHUT_WR)
         except OSError:

@@ -3,7 +3,8 @@
 The counters live in plain integers (``counters.Stats``) and are read as a snapshot only
 when Prometheus scrapes, so the hot path pays one integer increment per event.  The port
 listens on ``metrics_host`` (loopback by default), serves a few connections at once and
-closes idle ones, so that it can never use up the descriptors the chat keeps in reserve.
+closes one that sends nothing for ``handshake_timeout`` seconds, so that it can never use
+up the descriptors the chat keeps in reserve.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 StartResponse = Callable[..., Any]
 MAX_CONNECTIONS = 8  # scrapers and health checkers at once; more wait in the backlog
-IDLE_SECONDS = 10.0  # a connection that sends nothing for this long is closed
 
 
 class SnapshotCollector:
@@ -115,18 +115,21 @@ def make_app(
 
 
 class _BoundedWSGIServer(WSGIServer):  # type: ignore[misc]
+    idle_seconds: float | None = None
+
     def handle(self, sock: Any, address: Any) -> None:
-        sock.settimeout(IDLE_SECONDS)  # an idle or trickling client is closed, not kept
+        sock.settimeout(self.idle_seconds)  # an idle or trickling client is closed
         super().handle(sock, address)
 
 
 class MetricsPort:
     """The metrics port as a companion of the server: started and stopped with it."""
 
-    def __init__(self, host: str, port: int, log: Any) -> None:
+    def __init__(self, host: str, port: int, log: Any, idle_seconds: float | None) -> None:
         self.host = host
         self.port = port
         self.log = log
+        self.idle_seconds = idle_seconds
         self._server: Any = None
 
     def start(self, server: Server) -> None:
@@ -140,6 +143,7 @@ class MetricsPort:
         self._server = _BoundedWSGIServer(
             listener, app, spawn=Pool(MAX_CONNECTIONS), log=None, error_log=None
         )
+        self._server.idle_seconds = self.idle_seconds
         self._server.start()
         self.log.info("metrics_listening", host=self.host, port=listener.getsockname()[1])
 

@@ -116,6 +116,13 @@ class Client:
     def read_line(self) -> str:
         return self.read_until(b"\n")
 
+    def peek(self, count: int) -> bytes:
+        """The first ``count`` bytes that arrived, left for the next read."""
+        while len(self.buffer) < count:
+            if not self._fill():
+                break
+        return self.buffer[:count]
+
     def read_exactly(self, count: int) -> bytes:
         while len(self.buffer) < count:
             if not self._fill():

@@ -8,11 +8,12 @@ import select
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
-from gserver.testing.probes import rss_bytes
-from tests.conftest import Client, chat_join
+from gserver.testing.probes import cpu_seconds, rss_bytes
+from tests.conftest import WAIT, Client, chat_join
 
 
 def reset(client: Client) -> None:
@@ -376,3 +377,37 @@ def test_a_bad_proxy_header_is_closed_quietly(start_server) -> None:
         assert client.read_to_close() == ""
     server.wait_for_log("handshake_failed")
     assert not any("Traceback" in line for line in server.raw_stderr)
+
+
+def test_partial_proxy_headers_cost_nothing_while_they_wait(start_server) -> None:
+    server = start_server("--mode", "basic", "--proxy-protocol", "--handshake-timeout", "30")
+    waiting = []
+    for _ in range(300):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=WAIT)
+        sock.sendall(b"PROXY TCP4 1.2.3.4")  # and nothing more
+        waiting.append(sock)
+    try:
+        with Client(server.port) as client:  # all accepted and parked by now
+            client.send("PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n")
+            assert client.read_line() == "Welcome to TCP Server!\n"
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(1.0)  # a window to measure CPU in, not a wait for an event
+        used = cpu_seconds(server.proc.pid) - before
+        # Polling 300 partial headers every 10 ms kept a core busy; waiting costs nothing.
+        assert used < 0.2, f"{used:.2f} CPU seconds in 1 s while headers waited"
+        # The rest of a header completes it, at any time.
+        waiting[0].sendall(b" 5.6.7.8 1111 2222\r\n")
+        waiting[0].settimeout(WAIT)
+        assert waiting[0].recv(100) == b"Welcome to TCP Server!\n"
+    finally:
+        for sock in waiting:
+            sock.close()
+
+
+def test_a_partial_proxy_header_then_end_of_stream_is_closed_at_once(start_server) -> None:
+    server = start_server("--mode", "basic", "--proxy-protocol", "--handshake-timeout", "30")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(b"PROXY TCP4 1.2.3.4")
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""  # closed now, not at the end of handshake_timeout
+    assert "end of the PROXY header" in server.wait_for_log("handshake_failed", timeout=5)["error"]

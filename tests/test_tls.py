@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +163,65 @@ def test_the_client_speaks_tls(start_server, certs: dict[str, Path]) -> None:
     )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+OPENSSL = shutil.which("openssl")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+@pytest.mark.parametrize(
+    ("how", "extra", "typed"),
+    [
+        ("quit", [], "alice\n/quit\n"),
+        ("idle timeout", ["--idle-timeout", "0.5"], None),
+    ],
+)
+def test_openssl_s_client_sees_a_clean_tls_close(
+    start_server, certs: dict[str, Path], how: str, extra: list[str], typed: str | None
+) -> None:
+    server = start_server("--mode", "chat", *tls_args(certs), *extra)
+    # -ign_eof: s_client reads until the server closes, not until its own input ends.
+    result = subprocess.run(
+        [OPENSSL, "s_client", "-quiet", "-ign_eof", "-connect", f"127.0.0.1:{server.port}"],
+        input=(typed or "").encode(),
+        capture_output=True,
+        timeout=WAIT,
+    )
+    assert b"Enter your username: " in result.stdout
+    assert b"unexpected eof" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    server.wait_for_log("disconnect", reason=how)
+
+
+def test_a_server_shutdown_ends_tls_cleanly(start_server, certs: dict[str, Path]) -> None:
+    server = start_server("--mode", "chat", *tls_args(certs))
+    with TLSClient(server.port, certs["ca"]) as client:
+        client.read_until("Enter your username: ")
+        server.signal(signal.SIGTERM)
+        assert client.read_line() == "Server shutting down\n"
+        # A clean TLS end reads as b""; a truncation raises SSLEOFError here.
+        assert client.sock.recv(100) == b""
+    assert server.wait() == 0
+
+
+@pytest.mark.parametrize("front", ["tls", "proxy"])
+def test_health_checks_that_send_nothing_are_no_handshake_failures(
+    start_server, certs: dict[str, Path], front: str
+) -> None:
+    args = tls_args(certs) if front == "tls" else ["--proxy-protocol"]
+    server = start_server("--mode", "basic", "--log-level", "debug", *args)
+    socket.create_connection(("127.0.0.1", server.port)).close()  # connect, close
+    reset = socket.create_connection(("127.0.0.1", server.port))  # connect, reset
+    reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()
+    probes = server.wait_for_events("probe", 2)
+    assert all(event["level"] == "debug" for event in probes)
+    # A client that does speak shows that both probes were handled before it.
+    if front == "proxy":
+        with Client(server.port) as client:
+            client.send("PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n")
+            assert client.read_line() == "Welcome to TCP Server!\n"
+    assert server.events("handshake_failed") == []
 
 
 def test_the_client_reads_tls_replies_after_its_input_ends(
