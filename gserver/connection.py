@@ -32,6 +32,7 @@ from greenlet import getcurrent
 from gserver import compat
 from gserver.protocol.framing import LINE_TOO_LONG, Frame, ReceiveBuffer
 from gserver.protocol.limits import TokenBucket
+from gserver.protocol.telnet import TelnetFilter
 from gserver.protocol.text import decode
 
 if TYPE_CHECKING:
@@ -328,8 +329,10 @@ class Connection:
 
         However TCP splits or merges them, each line comes out whole.  A line longer than
         ``max_line_bytes`` is answered with an error and skipped; the connection goes on.
-        Flood control (``flood_rate``) applies here.  At end of stream a last line without
-        a newline still counts.
+        Flood control (``flood_rate``) applies here.  Telnet commands never reach the
+        handler: options are answered, and telnet's Ctrl-C (``IAC IP``, ``IAC BRK``) ends
+        the lines and closes the connection as a quit.  At end of stream a last line
+        without a newline still counts.
         """
         context = self._context
         settings = context.settings
@@ -343,12 +346,26 @@ class Connection:
         take_line, feed, receive = buffer.take_line, buffer.feed, self._receive
         # Reads happen right here, not in a nested generator: a parked greenlet's saved
         # stack is as shallow as it can be.
+        telnet: TelnetFilter | None = None
+        interrupted = False
         while True:
             frame = take_line(limit)
             if frame is None:
+                if interrupted:  # the lines before telnet's Ctrl-C were served; now quit
+                    self.close(CloseReason.QUIT)
+                    return
                 chunk = receive()
                 if not chunk:
                     break
+                # Telnet commands start with byte 255, which valid UTF-8 never holds.
+                if telnet is not None or b"\xff" in chunk:
+                    telnet = telnet or TelnetFilter()
+                    filtered = telnet.feed(chunk)
+                    chunk, interrupted = filtered.data, filtered.interrupted
+                    if filtered.reply:
+                        self.send(filtered.reply)
+                    if telnet.idle:
+                        telnet = None
                 feed(chunk)
                 continue
             if self.state is not _OPEN:

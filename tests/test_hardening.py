@@ -411,3 +411,18 @@ def test_a_partial_proxy_header_then_end_of_stream_is_closed_at_once(start_serve
         sock.shutdown(socket.SHUT_WR)
         assert sock.recv(100) == b""  # closed now, not at the end of handshake_timeout
     assert "end of the PROXY header" in server.wait_for_log("handshake_failed", timeout=5)["error"]
+
+
+def test_over_long_lines_are_flood_controlled_and_logged_sparingly(start_server) -> None:
+    server = start_server(
+        "--mode", "echo", "--max-line-bytes", "8", "--flood-rate", "20", "--flood-burst", "5"
+    )
+    with Client(server.port) as client:
+        client.read_line()
+        client.send(b"far too long a line\n" * 30)
+        for _ in range(30):
+            assert client.read_line() == "Error: line too long (max 8 bytes)\n"
+        client.send_line("short")
+        assert client.read_line().endswith("Echo: short\n")
+    server.wait_for_log("flood_throttled")
+    assert len(server.events("line_too_long")) == 1  # and 29 not logged, within 5 s
