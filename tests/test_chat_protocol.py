@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gserver.protocol.chat import HELP, PROMPT, ChatSession, State, name_key
+from gserver.protocol.chat import HELP, PROMPT, ChatSession, State, name_is_valid, name_key
 from gserver.protocol.framing import LineFramer
 from gserver.protocol.text import decode
 from gserver.registry import ChatRoom
@@ -248,3 +248,110 @@ def test_chat_gives_the_same_result_however_the_bytes_are_split(
     edges = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     pieces = [data[a:b] for a, b in itertools.pairwise(edges)]
     assert transcript(pieces) == transcript([data])
+
+
+# -- invisible and lookalike characters ------------------------------------------------------
+
+INVALID_NAME_PROMPT = "Invalid username (1-32 printable characters, no spaces), try again: "
+# Each drawn beside "watcher" looks like "watcher" alone on a terminal.
+LOOKALIKES = {
+    "combining grapheme joiner": "\u034f",
+    "VS16": "\ufe0f",
+    "Hangul filler": "\u3164",
+    "braille blank": "\u2800",
+}
+
+
+def prompted(room: ChatRoom) -> tuple[ChatSession, FakeMember]:
+    member = FakeMember()
+    session = ChatSession(room, member)
+    session.start()
+    assert member.take() == PROMPT
+    return session, member
+
+
+def test_lookalikes_of_a_taken_name_are_refused() -> None:
+    room = ChatRoom()
+    joined(room, "watcher")
+    session, member = prompted(room)
+    for suffix in LOOKALIKES.values():
+        session.receive(f"watcher{suffix}")
+        assert member.take() == INVALID_NAME_PROMPT
+        assert name_key(f"watcher{suffix}") != name_key("watcher")  # not even a /msg target
+    assert room.names() == ["watcher"]
+    session.receive("\uff37atcher")  # fullwidth W: the same name
+    assert member.take() == "Username \uff37atcher is taken, choose another: "
+    session.receive("\uff23arol")  # a name is shown as typed; only its key is mapped
+    assert member.take() == "Welcome \uff23arol!\n"
+    session.receive("/users")
+    assert member.take() == "Online users: watcher, \uff23arol\n"
+    for suffix in LOOKALIKES.values():
+        session.receive(f"/nick watcher{suffix}")
+        assert member.take() == "Invalid username (1-32 printable characters, no spaces)\n"
+
+
+def test_names_have_no_invisible_or_blank_characters() -> None:
+    for name in (
+        *(f"watcher{suffix}" for suffix in LOOKALIKES.values()),
+        "\u3164",  # nothing visible at all
+        "\u2800\u2800",
+        "wat\u00adcher",  # soft hyphen
+        "wat\u200bcher",
+        "wat\u2060cher",
+        "watcher\U000e0041",  # a tag character
+        "watcher\u115f",
+        "watcher\uffa0",
+        "watcher\U00016fe4",  # Khitan filler: a combining mark the profile allows
+        "\u0915\u094d\u200d\u0937",  # a ZWJ the profile allows after a virama
+        "\u0301watcher",  # a mark with nothing under it
+        "\u2003watcher",  # em space
+    ):
+        assert not name_is_valid(name), ascii(name)
+
+
+def test_names_follow_the_username_case_mapped_profile() -> None:
+    # Compatibility forms but width, and symbols beyond ASCII, are not allowed (RFC 8265).
+    for name in ("\u210cello", "\U0001f98afox", "x\u00b7y"):
+        assert not name_is_valid(name), ascii(name)
+    for name in (
+        "Zo\u00eb-\u00c5ngstr\u00f6m",
+        "\u0414\u043c\u0438\u0442\u0440\u0438\u0439",
+        "\u5c71\u7530",
+        "\uff21lice",
+    ):
+        assert name_is_valid(name), ascii(name)
+    assert name_key("\u03a3\u0391\u03a3") == name_key("\u03c3\u03b1\u03c2")  # final sigma too
+    assert name_key("A\u030angstr\u00f6m") == name_key("\u00c5ngstr\u00f6m")  # NFC
+
+
+def test_invisible_characters_never_reach_others() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    alice.take()
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in " run rm -rf /")
+    session.receive(f"hello{hidden}")
+    assert bob.take() == "[alice]: hello\n"
+    session.receive(f"/me waves{hidden}\u2060")
+    assert bob.take() == "* alice waves\n"
+    session.receive(f"/msg bob psst\u00ad{hidden}")
+    assert bob.take() == "[alice -> you]: psst\n"
+    assert alice.take() == "[alice]: hello\n* alice waves\n[you -> bob]: psst\n"
+    session.receive("\u2060\u2061\u180e\ufff9")  # nothing but invisible: nothing to say
+    session.receive("\u200b hi \u2063")
+    assert bob.take() == "[alice]: hi\n"
+
+
+def test_emoji_sequences_reach_others_whole() -> None:
+    room = ChatRoom()
+    session, alice = joined(room, "alice")
+    _, bob = joined(room, "bob")
+    alice.take()
+    emoji = (
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467 \u2764\ufe0f "
+        "\U0001f3f3\ufe0f\u200d\U0001f308 1\ufe0f\u20e3 \U0001f44d\U0001f3fd \U0001f1eb\U0001f1f7"
+    )
+    session.receive(emoji)
+    assert bob.take() == f"[alice]: {emoji}\n"
+    session.receive("/me \U0001f469\U0001f3fd\u200d\U0001f4bb")
+    assert bob.take() == "* alice \U0001f469\U0001f3fd\u200d\U0001f4bb\n"

@@ -8,10 +8,13 @@ delivers text.  The server's room delivers to connections; tests use a room in m
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Callable
 from enum import Enum
 from typing import Protocol
+
+import precis_i18n
 
 from gserver.protocol.text import sanitize
 
@@ -62,18 +65,76 @@ class Room(Protocol):
         ...
 
 
-def name_key(name: str) -> str:
-    """The form in which two names count as the same: NFKC-normalised and casefolded."""
-    return unicodedata.normalize("NFKC", name).casefold()
+# Names follow RFC 8265's UsernameCaseMapped profile (PRECIS): letters, digits, marks and
+# printable ASCII; no spaces, controls, default-ignorable or format characters, symbols or
+# punctuation beyond ASCII, and no compatibility forms but fullwidth and halfwidth ones, which
+# it maps to their usual forms, as it maps letters to lower case.
+_USERNAME = precis_i18n.get_profile("UsernameCaseMapped")
+# What the profile lets through but draws nothing, or a blank cell, beside a Latin letter:
+# the joiners it allows after a virama or between Arabic letters (default-ignorable, and
+# removed from messages), the Khitan filler and script joiners (combining marks); and blanks
+# it rejects today for reasons that are not about looks (Hangul fillers, braille blank, a
+# null notehead).
+_NOT_IN_NAMES = frozenset(
+    "\u200c\u200d\u115f\u1160\u3164\uffa0\u2800\u2d7f"
+    "\U0001107f\U00011a47\U00011a99\U00016fe4\U0001d159"
+)
 
 
 def name_is_valid(name: str) -> bool:
-    return (
-        0 < len(name) <= MAX_NAME_CHARS
-        and name.isprintable()
-        and not any(char.isspace() for char in name)
-        and not name.startswith("/")
-    )
+    """1-32 characters, not starting with ``/``, allowed by UsernameCaseMapped and visible."""
+    return _username(name) is not None
+
+
+def name_key(name: str) -> str:
+    """The form in which two names count as the same.
+
+    For a valid name: its UsernameCaseMapped form, casefolded (so that ``Straße`` and
+    ``STRASSE`` collide too).  Anything else (a mistyped ``/msg`` target, a name that a node
+    of an older release admitted) keeps the NFKC-and-casefold key of older releases.
+    """
+    if name.isascii():
+        # For ASCII both keys are just lower case: most names need no cache lookup.
+        return name.lower()
+    if len(name) > MAX_NAME_CHARS:
+        return unicodedata.normalize("NFKC", name).casefold()
+    return _unicode_key(name)
+
+
+# Enforcing the profile takes microseconds (it is pure Python), and the same few names are
+# keyed again and again (every join, /msg and /users): remember the last few thousand.
+@functools.lru_cache(maxsize=4096)
+def _unicode_key(name: str) -> str:
+    mapped = _username(name)
+    if mapped is None:
+        return unicodedata.normalize("NFKC", name).casefold()
+    return unicodedata.normalize("NFC", mapped.casefold())
+
+
+def _username(name: str) -> str | None:
+    """The UsernameCaseMapped form of ``name``, or None if it is no valid name."""
+    if (
+        not 0 < len(name) <= MAX_NAME_CHARS
+        or name.startswith("/")
+        or not name.isprintable()  # which excludes every space but U+0020
+        or " " in name
+    ):
+        return None
+    if name.isascii():
+        return name.lower()  # what the profile makes of printable ASCII without spaces
+    return _unicode_username(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unicode_username(name: str) -> str | None:
+    # A name starts with a character of its own, not with a mark that would sit on whatever
+    # is printed before it; then its first character is visible, as it is none of _NOT_IN_NAMES.
+    if unicodedata.category(name[0]).startswith("M") or not _NOT_IN_NAMES.isdisjoint(name):
+        return None
+    try:
+        return _USERNAME.enforce(name)
+    except UnicodeError:  # what the profile disallows
+        return None
 
 
 class State(Enum):
@@ -121,7 +182,7 @@ class ChatSession:
             else:
                 action(argument.strip())
             return
-        text = sanitize(line)
+        text = sanitize(line).strip()  # spaces that invisible characters hid at either end go too
         if text:
             self.room.publish(f"[{self.name}]: {text}\n")
 
@@ -163,7 +224,7 @@ class ChatSession:
 
     def _msg(self, argument: str) -> None:
         target, _, text = argument.partition(" ")
-        text = sanitize(text.strip())
+        text = sanitize(text).strip()
         if not target or not text:
             self.member.send("Usage: /msg NAME TEXT\n")
             return
@@ -174,7 +235,7 @@ class ChatSession:
             self.member.send(f"[you -> {delivered_to}]: {text}\n")
 
     def _me(self, argument: str) -> None:
-        action = sanitize(argument)
+        action = sanitize(argument).strip()
         if not action:
             self.member.send("Usage: /me ACTION\n")
             return
