@@ -30,19 +30,18 @@ SHOUT = textwrap.dedent(
 )
 
 
-def test_own_handler_with_lines_send_close_and_broadcast(start_server, tmp_path: Path) -> None:
+def test_own_handler_with_lines_send_close_and_broadcast(gserver_serve, tmp_path: Path) -> None:
     (tmp_path / "myhandlers.py").write_text(SHOUT)
-    server = start_server("--handler", "myhandlers:shout")
-    a, b = Client(server.port), Client(server.port)
-    assert a.read_line() == b.read_line() == "Say something!\n"
-    a.send_line("hello")
-    assert a.read_line() == b.read_line() == "[Broadcast] HELLO\n"
-    a.send_line("bye")
-    assert a.read_to_close() == ""
-    b.close()
+    with gserver_serve("myhandlers:shout", cwd=tmp_path) as server:
+        a, b = server.client(), server.client()
+        assert a.read_line() == b.read_line() == "Say something!"
+        a.send_line("hello")
+        assert a.read_line() == b.read_line() == "[Broadcast] HELLO"
+        a.send_line("bye")
+        assert a.read_to_close() == ""
 
 
-def test_handler_that_raises_only_drops_its_own_client(start_server, tmp_path: Path) -> None:
+def test_handler_that_raises_only_drops_its_own_client(gserver_serve, tmp_path: Path) -> None:
     (tmp_path / "faulty.py").write_text(
         "def handle(conn):\n"
         "    for line in conn.lines():\n"
@@ -50,15 +49,14 @@ def test_handler_that_raises_only_drops_its_own_client(start_server, tmp_path: P
         "            raise ValueError('boom')\n"
         "        conn.send(line + '\\n')\n"
     )
-    server = start_server("--handler", "faulty:handle")
-    other = Client(server.port)
-    with Client(server.port) as victim:
-        victim.send_line("boom")
-        assert victim.read_to_close() == ""
-    other.send_line("still here")
-    assert other.read_line() == "still here\n"
-    assert server.wait_for_log("handler_error")["level"] == "error"
-    other.close()
+    with gserver_serve("faulty:handle", cwd=tmp_path) as server:
+        other = server.client()
+        with server.client() as victim:
+            victim.send_line("boom")
+            assert victim.read_to_close() == ""
+        other.send_line("still here")
+        assert other.read_line() == "still here"
+        assert server.wait_for_log("handler_error")["level"] == "error"
 
 
 def test_server_as_a_library_in_a_script(tmp_path: Path) -> None:

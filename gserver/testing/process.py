@@ -9,17 +9,21 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
 # Generous bounds for events that normally take milliseconds; never a speed assertion.
 WAIT = 10.0
 
 
 class ServerProcess:
-    """A running ``python -m gserver``; its JSON log lines are collected as they come."""
+    """A running ``python -m gserver``; its JSON log lines are collected as they come.
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    ``stream`` is where they come from: the process's stderr unless told otherwise (the
+    pytest kit merges stdout into it, so that a handler's ``print`` shows too)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], stream: IO[bytes] | None = None) -> None:
         self.proc = proc
+        self._stream = stream if stream is not None else proc.stderr
         self.logs: list[dict[str, Any]] = []
         self.raw_stderr: list[str] = []
         self._changed = threading.Condition()
@@ -28,8 +32,8 @@ class ServerProcess:
         self.port = 0
 
     def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
+        assert self._stream is not None
+        for raw in self._stream:
             text = raw.decode("utf-8", "replace").rstrip("\n")
             with self._changed:
                 self.raw_stderr.append(text)
