@@ -22,8 +22,10 @@ from gserver.settings import (
     FIELDS,
     Settings,
     SettingsError,
+    environment_warnings,
     load,
     setting_help,
+    setting_metavar,
     setting_type,
 )
 from gserver.workers import Master
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 flag,
                 dest=name,
-                metavar=setting_type(name).__name__.upper(),
+                metavar=setting_metavar(name),
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in FIELDS}
+    # A misspelt GSERVER_* variable would be ignored in silence: say so, and start anyway.
+    for warning in environment_warnings(os.environ):
+        print(f"gserver: warning: {warning}", file=sys.stderr)
     try:
         settings = load(flags, os.environ, Path(args.config) if args.config else None)
         mode = resolve(settings)

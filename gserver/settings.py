@@ -9,6 +9,7 @@ setting when it cannot.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import tomllib
@@ -24,6 +25,10 @@ DEFAULT_CONFIG = Path("conf/gserver.toml")
 # Chat users read far more than they type, so the idle limit is longer there.
 IDLE_TIMEOUT_BY_MODE = {"basic": 30.0, "echo": 30.0, "chat": 600.0, "inspect": 30.0}
 IDLE_TIMEOUT_FOR_HANDLERS = 30.0
+# Environment variables that are not settings but are still gserver's.
+ENVIRONMENT_EXTRAS = ("GSERVER_CONFIG",)
+# What a value must be, said the same way for every source (TOML knows types; text does not).
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 class SettingsError(Exception):
@@ -106,7 +111,7 @@ class Settings:
     )
     workers: int = field(
         default=1,
-        metadata=_help("worker processes sharing the port (auto = one per core)"),
+        metadata=_help("worker processes sharing the port: N or auto (one per core)"),
     )
     backplane: str | None = field(
         default=None,
@@ -195,30 +200,39 @@ def _check_positive(s: Settings) -> None:
 
 def _check_logging(s: Settings) -> None:
     if s.log_format not in LOG_FORMATS:
-        raise SettingsError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+        raise SettingsError(
+            "log_format", f"must be one of {', '.join(LOG_FORMATS)}, got {s.log_format!r}"
+        )
     if s.log_level not in LOG_LEVELS:
-        raise SettingsError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        raise SettingsError(
+            "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}"
+        )
 
 
 def _check_tls(s: Settings) -> None:
     if bool(s.tls_cert) != bool(s.tls_key):
-        missing = "tls_key" if s.tls_cert else "tls_cert"
-        raise SettingsError(missing, "tls_cert and tls_key must be given together")
+        given, missing = ("tls_cert", "tls_key") if s.tls_cert else ("tls_key", "tls_cert")
+        raise SettingsError(
+            missing,
+            f"must be given with {given}, got {given} {getattr(s, given)!r} and no {missing}",
+        )
 
 
 def _check_cluster(s: Settings) -> None:
     if s.workers < 1:
-        raise SettingsError("workers", f"must be at least 1 (or auto), got {s.workers}")
+        raise SettingsError("workers", f"must be N or auto, with N at least 1, got {s.workers}")
     if s.backplane is not None:
         _check_redis_url(s.backplane)
     if s.workers > 1 and s.mode in ("chat", "echo") and not s.handler and not s.backplane:
         raise SettingsError(
             "backplane",
             f"{s.workers} workers in {s.mode} mode need a backplane (--backplane redis://...) "
-            "to share the room",
+            "to share the room, got none",
         )
     if not s.backplane_prefix or any(c.isspace() for c in s.backplane_prefix):
-        raise SettingsError("backplane_prefix", "must be a non-empty word")
+        raise SettingsError(
+            "backplane_prefix", f"must be a non-empty word, got {s.backplane_prefix!r}"
+        )
     if s.metrics_port is not None and not 0 <= s.metrics_port <= 65535:
         raise SettingsError("metrics_port", f"must be from 0 to 65535, got {s.metrics_port}")
 
@@ -271,6 +285,11 @@ def setting_help(name: str) -> str:
     return str(FIELDS[name].metadata["help"])
 
 
+def setting_metavar(name: str) -> str:
+    """How ``--help`` shows a setting's value: its type (``INT``), or ``N|auto``."""
+    return "N|auto" if name == "workers" else setting_type(name).__name__.upper()
+
+
 def convert_text(name: str, text: str) -> Any:
     """Turn a string from the environment or a flag into the setting's value."""
     kind = setting_type(name)
@@ -281,20 +300,27 @@ def convert_text(name: str, text: str) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise SettingsError(name, f"must be true or false, got {text!r}")
+        raise SettingsError(name, f"must be {_kind_words(name)}, got {text!r}")
     if kind is int:
         if name == "workers" and text.lower() == "auto":
             return os.cpu_count() or 1
         try:
             return int(text)
         except ValueError:
-            raise SettingsError(name, f"must be a whole number, got {text!r}") from None
+            raise SettingsError(name, f"must be {_kind_words(name)}, got {text!r}") from None
     if kind is float:
         try:
             return float(text)
         except ValueError:
-            raise SettingsError(name, f"must be a number, got {text!r}") from None
+            raise SettingsError(name, f"must be {_kind_words(name)}, got {text!r}") from None
     return text
+
+
+def _kind_words(name: str) -> str:
+    """What a setting's value must be, in words: ``an integer``, ``N or auto``..."""
+    if name == "workers":
+        return "N or auto"
+    return _KIND_WORDS[setting_type(name)]
 
 
 def _convert_toml(name: str, value: Any) -> Any:
@@ -312,7 +338,8 @@ def _convert_toml(name: str, value: Any) -> Any:
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise SettingsError(name, f"must be a {kind.__name__} in the settings file, got {value!r}")
+        problem = f"must be {_kind_words(name)} in the settings file, got {value!r}"
+        raise SettingsError(name, problem)
     return value
 
 
@@ -344,6 +371,29 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         if text.strip():
             values[name] = convert_text(name, text)
     return values
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """The ``GSERVER_*`` variables that name no setting, which are otherwise ignored.
+
+    Compared without case, so that a lower-case ``gserver_port`` is reported too: Unix
+    names are case-sensitive and it would be ignored just the same.
+    """
+    known = {f"GSERVER_{name.upper()}" for name in FIELDS} | set(ENVIRONMENT_EXTRAS)
+    return sorted(
+        name for name in environ if name.upper().startswith("GSERVER_") and name not in known
+    )
+
+
+def environment_warnings(environ: Mapping[str, str]) -> list[str]:
+    """One sentence for each unknown ``GSERVER_*`` variable, with the likely meant one."""
+    known = [f"GSERVER_{name.upper()}" for name in FIELDS] + list(ENVIRONMENT_EXTRAS)
+    warnings = []
+    for name in unknown_environment(environ):
+        close = difflib.get_close_matches(name.upper(), known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"unknown environment variable {name} (ignored{hint})")
+    return warnings
 
 
 def load(

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gserver.settings import DEFAULT_CONFIG, FIELDS, Settings, SettingsError, load
+from gserver.settings import (
+    DEFAULT_CONFIG,
+    FIELDS,
+    Settings,
+    SettingsError,
+    environment_warnings,
+    load,
+    unknown_environment,
+)
 from tests.conftest import REPO, run_gserver
 
 
@@ -137,3 +146,98 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
     for name in FIELDS:
         assert f"| `{name}` |" in readme, name
+
+
+# Every SettingsError that a value can cause: (source, setting named, the value as shown).
+BAD_VALUES: list[tuple[dict[str, Any], str, str]] = [
+    ({"flags": {"port": "70000"}}, "port", "70000"),
+    ({"flags": {"port": "eighty"}}, "port", "'eighty'"),
+    ({"flags": {"mode": "nope"}}, "mode", "'nope'"),
+    ({"flags": {"handler": "no_colon"}}, "handler", "'no_colon'"),
+    ({"flags": {"host": "a b"}}, "host", "'a b'"),
+    ({"env": {"GSERVER_IDLE_TIMEOUT": "-1"}}, "idle_timeout", "-1"),
+    ({"env": {"GSERVER_KEEPALIVE": "soon"}}, "keepalive", "'soon'"),
+    ({"env": {"GSERVER_PROXY_PROTOCOL": "maybe"}}, "proxy_protocol", "'maybe'"),
+    ({"flags": {"max_line_bytes": "0"}}, "max_line_bytes", "0"),
+    ({"flags": {"log_format": "xml"}}, "log_format", "'xml'"),
+    ({"env": {"GSERVER_LOG_LEVEL": "loud"}}, "log_level", "'loud'"),
+    ({"flags": {"tls_cert": "cert.pem"}}, "tls_key", "'cert.pem'"),
+    ({"flags": {"tls_key": "key.pem"}}, "tls_cert", "'key.pem'"),
+    ({"flags": {"workers": "0"}}, "workers", "0"),
+    ({"flags": {"workers": "many"}}, "workers", "'many'"),
+    ({"flags": {"workers": "2", "mode": "chat"}}, "backplane", "2 workers in chat mode"),
+    ({"flags": {"backplane": "http://x"}}, "backplane", "'http://x'"),
+    ({"flags": {"backplane_prefix": "two words"}}, "backplane_prefix", "'two words'"),
+    ({"flags": {"metrics_port": "70000"}}, "metrics_port", "70000"),
+    ({"file": 'port = "8080"\n'}, "port", "'8080'"),
+    ({"file": "workers = 2.5\n"}, "workers", "2.5"),
+    ({"file": "colour = 3\n"}, "colour", "colour"),
+    ({"file": "port = \n"}, "config", "g.toml"),
+    ({"flags": {"colour": 3}}, "colour", "colour"),
+]
+
+
+def test_every_bad_value_is_named_in_its_error(tmp_path: Path) -> None:
+    unnamed = []
+    for source, setting, got in BAD_VALUES:
+        config = write(tmp_path / "g.toml", str(source.get("file", "")))
+        with pytest.raises(SettingsError) as caught:
+            load(source.get("flags", {}), source.get("env", {}), config)
+        assert caught.value.setting == setting, (source, str(caught.value))
+        if got not in str(caught.value):
+            unnamed.append(f"{got}: {caught.value}")
+    assert unnamed == []
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"file": 'port = "8080"\n'}, "must be an integer in the settings file, got '8080'"),
+        ({"flags": {"port": "eighty"}}, "must be an integer, got 'eighty'"),
+        ({"file": 'workers = "many"\n'}, "must be N or auto in the settings file, got 'many'"),
+        ({"env": {"GSERVER_WORKERS": "many"}}, "must be N or auto, got 'many'"),
+        ({"flags": {"workers": "0"}}, "must be N or auto, with N at least 1, got 0"),
+    ],
+)
+def test_types_are_said_in_words(source: dict[str, object], message: str, tmp_path: Path) -> None:
+    config = write(tmp_path / "g.toml", str(source.get("file", "")))
+    with pytest.raises(SettingsError) as caught:
+        load(source.get("flags", {}), source.get("env", {}), config)  # type: ignore[arg-type]
+    assert str(caught.value).endswith(message)
+
+
+def test_help_shows_workers_as_n_or_auto(tmp_path: Path) -> None:
+    result = run_gserver("--help", cwd=tmp_path)
+    assert "--workers N|auto" in result.stdout
+    assert "N or auto" in " ".join(result.stdout.split())
+
+
+def test_unknown_gserver_environment_variables_are_found() -> None:
+    environ = {
+        "GSERVER_PORT": "1",
+        "GSERVER_CONFIG": "g.toml",
+        "GSERVER_IDLE_TIMOUT": "5",
+        "gserver_mode": "echo",
+        "PORT": "2",
+        "HOME": "/root",
+    }
+    assert unknown_environment(environ) == ["GSERVER_IDLE_TIMOUT", "gserver_mode"]
+    assert environment_warnings(environ) == [
+        "unknown environment variable GSERVER_IDLE_TIMOUT "
+        "(ignored; did you mean GSERVER_IDLE_TIMEOUT?)",
+        "unknown environment variable gserver_mode (ignored; did you mean GSERVER_MODE?)",
+    ]
+    assert environment_warnings({"GSERVER_ZZZZZZZZ": "1"}) == [
+        "unknown environment variable GSERVER_ZZZZZZZZ (ignored)"
+    ]
+
+
+def test_a_misspelt_environment_variable_is_one_warning_and_gserver_starts(
+    start_server,
+) -> None:
+    server = start_server("--mode", "basic", env={"GSERVER_IDLE_TIMOUT": "5"})
+    warning = (
+        "gserver: warning: unknown environment variable GSERVER_IDLE_TIMOUT "
+        "(ignored; did you mean GSERVER_IDLE_TIMEOUT?)"
+    )
+    assert [line for line in server.raw_stderr if "GSERVER_" in line] == [warning]
