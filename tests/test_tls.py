@@ -142,6 +142,59 @@ def test_bad_certificate_files_stop_the_start(
     assert len(lines) == 1 and setting in lines[0], result.stderr
 
 
+def spoil(certs: dict[str, Path], how: str) -> None:
+    """Make the certificate or key unusable in one way."""
+    if how == "mismatched_key":  # the key of another CA's certificate
+        trustme.CA().issue_cert("localhost").private_key_pem.write_to_path(str(certs["key"]))
+    elif how == "garbage_cert":
+        certs["cert"].write_text("garbage")
+    elif how == "garbage_key":
+        certs["key"].write_bytes(b"\x30\x82\x01\x00 DER, say")
+    elif how == "key_as_cert":
+        certs["cert"].write_bytes(certs["key"].read_bytes())
+    elif how == "cert_as_key":
+        certs["key"].write_bytes(certs["cert"].read_bytes())
+    elif how == "damaged_cert":
+        certs["cert"].write_text(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+        )
+    elif how == "encrypted_key":
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(certs["key"].read_bytes(), password=None)
+        certs["key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"secret"),
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("how", "setting", "says"),
+    [
+        ("mismatched_key", "tls_key", "{key} does not match the certificate in {cert}"),
+        ("garbage_cert", "tls_cert", "{cert} is not a PEM file"),
+        ("garbage_key", "tls_key", "{key} is not a PEM file"),
+        ("key_as_cert", "tls_cert", "{cert} is PEM but holds no certificate"),
+        ("cert_as_key", "tls_key", "{key} is PEM but holds no private key"),
+        ("damaged_cert", "tls_cert", "{cert} holds a certificate that cannot be read"),
+        ("encrypted_key", "tls_key", "{key} is encrypted with a passphrase"),
+    ],
+)
+def test_unusable_tls_files_are_a_plain_sentence(
+    certs: dict[str, Path], tmp_path: Path, how: str, setting: str, says: str
+) -> None:
+    spoil(certs, how)
+    result = run_gserver("--port", "0", *tls_args(certs), cwd=tmp_path)
+    assert result.returncode == 2
+    expected = says.format(cert=certs["cert"], key=certs["key"])
+    assert result.stderr.startswith(f"gserver: error: setting '{setting}': {expected}")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "PEM lib" not in result.stderr and "_ssl.c" not in result.stderr
+
+
 def test_the_client_speaks_tls(start_server, certs: dict[str, Path]) -> None:
     server = start_server("--mode", "basic", *tls_args(certs))
     base = [sys.executable, "-m", "gserver.client", "--host", "127.0.0.1"]
