@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gserver: error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
+    if settings.reload:
+        from gserver.reload import supervise  # watchfiles only when asked for
+
+        return supervise(settings, sys.argv[1:] if argv is None else list(argv))
     if settings.workers > 1:
         return run_workers(settings, mode)
     server.install_signal_handlers()

@@ -136,6 +136,13 @@ class Settings:
         metadata=_help("auto (console on a terminal, JSON lines otherwise), console or json"),
     )
     log_level: str = field(default="info", metadata=_help("debug, info, warning or error"))
+    reload: bool = field(
+        default=False,
+        metadata=_help(
+            "restart the server when a .py file under the current directory changes "
+            "(for development; one process, so not with workers)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -209,6 +216,14 @@ def _check_logging(s: Settings) -> None:
         )
 
 
+def _check_reload(s: Settings) -> None:
+    # Reloading restarts the one serving process; a master with workers is another story.
+    if s.reload and s.workers > 1:
+        raise SettingsError(
+            "reload", f"cannot be combined with workers > 1 (got workers = {s.workers})"
+        )
+
+
 def _check_tls(s: Settings) -> None:
     if bool(s.tls_cert) != bool(s.tls_key):
         given, missing = ("tls_cert", "tls_key") if s.tls_cert else ("tls_key", "tls_cert")
@@ -267,6 +282,7 @@ _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_logging,
     _check_tls,
     _check_cluster,
+    _check_reload,
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -66,6 +66,23 @@ class ServerProcess:
                 self._changed.wait(min(remaining, 0.2))
         return found
 
+    def wait_for_output(self, text: str, timeout: float = WAIT, after: int = 0) -> str:
+        """The first line printed (log or not) that contains ``text``, from line number
+        ``after`` on, waiting for it if needed."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.raw_stderr[after:]:
+                    if text in line:
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no output line with {text!r}; it printed:\n"
+                        + "\n".join(self.raw_stderr[-40:])
+                    )
+                self._changed.wait(min(remaining, 0.2))
+
     def wait_for_events(
         self, event: str, count: int, timeout: float = WAIT
     ) -> list[dict[str, Any]]:
