@@ -181,6 +181,7 @@ class _Terminal:
         self.session: PromptSession[str] = PromptSession()
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.partial = ""  # received after the last newline: shown as the prompt
+        self.shown = ""  # the prompt as last drawn
         self.unprinted: list[str] = []  # complete lines waiting to print above the prompt
         self.prompting = False
         self.closed = asyncio.Event()
@@ -232,6 +233,10 @@ class _Terminal:
             self.unprinted.append(complete + "\n")
         self.session.app.invalidate()  # redraw the prompt: self.partial may be new
 
+    def _message(self) -> str:
+        self.shown = self.partial
+        return self.partial
+
     def _print_unprinted(self) -> None:
         text, self.unprinted = "".join(self.unprinted), []
         self._write(text)
@@ -267,7 +272,7 @@ class _Terminal:
                 try:
                     # pre_run: the server may have closed before this prompt was running.
                     line = await self.session.prompt_async(
-                        lambda: self.partial, pre_run=self._end_prompt_if_closed
+                        self._message, pre_run=self._end_prompt_if_closed
                     )
                 except _ServerClosed:
                     break
@@ -275,8 +280,10 @@ class _Terminal:
                     line = None
                 finally:
                     self.prompting = False
-                    # The prompt's last line on screen shows the unfinished line already.
-                    self.partial = ""
+                    # The prompt's last line on screen shows the unfinished line already;
+                    # what came after it was drawn is for the next prompt.
+                    self.partial = self.partial.removeprefix(self.shown)
+                    self.shown = ""
                 if line is None:  # no more input: half-close, but the server may say more
                     os.close(self.typed_out)
                     await self.closed.wait()
