@@ -36,40 +36,44 @@ class Admission:
     """Counts clients from admission to their end, handshakes included: a burst of connects
     accepted in one loop turn, or silent TLS clients, cannot slip past the limits."""
 
-    def __init__(self, settings: Settings, max_clients: int, stats: Stats, log: Any) -> None:
+    def __init__(
+        self, settings: Settings, max_clients: int, stats: Stats, log: Any, ip_known: bool
+    ) -> None:
         self.max_clients = max_clients
         self.per_ip_limit = settings.max_clients_per_ip
-        # With the PROXY protocol the real address comes later, in the header: the per-IP
-        # limit is checked then, by the server, with over_per_ip_limit.
-        self.ip_known_at_accept = not settings.proxy_protocol
+        # Where the real address comes later (a PROXY header, a proxy's X-Forwarded-For),
+        # the per-IP limit is checked then, by the server, with over_per_ip_limit.
+        self.ip_known_at_accept = ip_known
         self.stats = stats
         self.log = log
         self.admitted = 0
         self._per_ip: dict[str, int] = {}
 
-    def admit(self, sock: Any, address: Any, stopping: bool) -> bool:
+    def admit(self, sock: Any, address: Any, stopping: bool, check_ip: bool = True) -> bool:
         """True if this new client gets a greenlet; otherwise it has been answered."""
+        check_ip = check_ip and self.ip_known_at_accept
         if stopping:
             reason = "stopping"
         elif self.admitted >= self.max_clients:
             self.stats.refused_full += 1
             reason = "max_clients"
-        elif self.ip_known_at_accept and self.over_per_ip_limit(address):
+        elif check_ip and self.over_per_ip_limit(address):
             self.stats.refused_per_ip += 1
             reason = "max_clients_per_ip"
         else:
             self.admitted += 1
-            if self.ip_known_at_accept:
+            if check_ip:
                 self.count_ip(address, +1)
             return True
         self.log.info("refused", client=format_peer(address), reason=reason)
         refuse(sock, None if reason == "stopping" else SERVER_FULL)
         return False
 
-    def gone(self, address: Any) -> None:
-        """An admitted client has ended (however it ended)."""
+    def gone(self, address: Any, ip_counted: bool) -> None:
+        """An admitted client has ended (however it ended); ``ip_counted`` when admit
+        counted it under its address."""
         self.admitted -= 1
-        if self.ip_known_at_accept:
+        if ip_counted:
             self.count_ip(address, -1)
 
     def over_per_ip_limit(self, address: Any) -> bool:

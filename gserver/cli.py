@@ -118,10 +118,19 @@ def compose(settings: Settings, mode: Mode, worker_index: int | None = None) -> 
         idle = settings.handshake_timeout or None  # what bounds an HTTP request here too
         port = MetricsPort(settings.metrics_host, settings.metrics_port, log, idle)
         companions.append(port)
+    front = None
+    if settings.web_port is not None:
+        from gserver.web.transport import WebFront  # h11 and wsproto only when asked for
+
+        shared = settings.web_port == settings.port
+        web = WebFront(settings, log, own_listener=not shared)
+        companions.append(web)
+        front = web if shared else None
     return Server(
         mode.handler,
         settings,
         mode.on_start,
+        front=front,
         worker_index=worker_index or 0,
         link=link,
         companions=companions,

@@ -74,6 +74,7 @@ class CloseReason(StrEnum):
     SERVER_CLOSED = "closed by server"
     QUIT = "quit"
     IDLE_TIMEOUT = "idle timeout"
+    PING_TIMEOUT = "ping timeout"
     SLOW_CONSUMER = "slow consumer"
     SHUTDOWN = "server shutdown"
     HANDLER_ERROR = "handler error"
@@ -165,11 +166,20 @@ class FlushQueue:
 
 def send_to_all(members: Iterable[Any], data: bytes) -> None:
     """``member.send(data)`` for each member: the fan-out, where per-message cost decides
-    chat throughput, with :meth:`Connection.send` inlined for connections."""
+    chat throughput, with :meth:`Connection.send` inlined for connections.  Members whose
+    transport encodes its output (WebSocket frames) get it encoded once for all of them."""
     size = len(data)
+    encoder: Any = None
+    encoded = b""
     for member in members:
         if member.__class__ is not Connection:
-            member.send(data)
+            encode = getattr(member, "encode_output", None)
+            if encode is None:
+                member.send(data)
+                continue
+            if encode is not encoder:
+                encoder, encoded = encode, encode(data)
+            member.send_encoded(encoded)
             continue
         if member.state is not _OPEN:
             continue
@@ -196,11 +206,17 @@ def format_peer(address: Any) -> str:
 class Connection:
     """One connected client, as a handler sees it."""
 
+    transport = "tcp"  # as logged; a WebSocket client is a subclass with its own
+    # True where each read from the transport is one message a user typed, to be read as
+    # a line even without its line ending (WebSocket text messages).
+    _messages_are_lines = False
+
     __slots__ = (
         "__weakref__",
         "_buffer",
         "_context",
         "_drained_input",
+        "_first_input",
         "_flood_logged",
         "_flush_scheduled",
         "_hub",
@@ -226,8 +242,13 @@ class Connection:
         "state",
     )
 
-    def __init__(self, context: ConnectionContext, sock: Any, address: Any) -> None:
+    def __init__(
+        self, context: ConnectionContext, sock: Any, address: Any, first_input: bytes = b""
+    ) -> None:
         self._context = context
+        # Bytes already read from the socket (to tell a TCP client from a browser): they
+        # are the first thing any read returns.
+        self._first_input = first_input
         self.address = address
         self._log: Any = None  # bound on first use: an idle client needs no logger of its own
         self._socket = sock
@@ -348,6 +369,7 @@ class Connection:
         # stack is as shallow as it can be.
         telnet: TelnetFilter | None = None
         interrupted = False
+        messages_are_lines = self._messages_are_lines
         while True:
             frame = take_line(limit)
             if frame is None:
@@ -357,6 +379,8 @@ class Connection:
                 chunk = receive()
                 if not chunk:
                     break
+                if messages_are_lines and not chunk.endswith(b"\n"):
+                    chunk += b"\n"
                 # Telnet commands start with byte 255, which valid UTF-8 never holds.
                 if telnet is not None or b"\xff" in chunk:
                     telnet = telnet or TelnetFilter()
@@ -429,6 +453,13 @@ class Connection:
                 data = bytes(data)
             else:
                 raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+        self._queue_output(data)
+
+    def _queue_output(self, data: bytes) -> None:
+        """Into the outbox as it is (already encoded for the transport), written at the
+        end of this loop turn; over max_output_bytes, the client is a slow consumer."""
+        if self.state is _CLOSED:
+            return
         self._outbox.append(data)
         self._queued += len(data)
         self.messages_out += 1
@@ -512,6 +543,8 @@ class Connection:
             chunk = self._receive()
             if not chunk:
                 raise IncompleteRead(buffer.take_all())
+            if self._messages_are_lines and not chunk.endswith(b"\n"):
+                chunk += b"\n"
             buffer.feed(chunk)
             found = take(buffer)
             if found is not None:
@@ -526,6 +559,10 @@ class Connection:
             watcher.stop()
 
     def _receive(self) -> bytes:
+        if self._first_input:
+            data, self._first_input = self._first_input, b""
+            self.bytes_in += len(data)
+            return data
         raw = self._raw
         while self.state is _OPEN:
             if self._queued > self._context.read_pause_bytes:

@@ -4,7 +4,7 @@ snapshot only when someone asks (a Prometheus scrape, a test)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gserver.registry import LinkState
 
@@ -26,6 +26,8 @@ class Stats:
     bytes_out: int = 0
     idle_timeouts: int = 0
     handler_errors: int = 0
+    # Connections by transport other than plain TCP (websocket), for the metrics' label.
+    connections_by_transport: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ from gevent.event import Event
 
 from gserver import compat
 from gserver.admission import SERVER_FULL, Admission, refuse
-from gserver.connection import CloseReason, Connection, ConnectionContext, format_peer, send_to_all
+from gserver.connection import (
+    RECV_SIZE,
+    CloseReason,
+    Connection,
+    ConnectionContext,
+    format_peer,
+    send_to_all,
+)
 from gserver.counters import Snapshot, Stats, add_traffic
 from gserver.handshake import prepare
 from gserver.listener import Acceptor, StartError, open_listener, raise_open_file_limit, tune
@@ -38,7 +45,7 @@ SHUTTING_DOWN = "Server shutting down\n"
 # handlers that were killed get, before the server stops without them.
 UNWIND_SECONDS = 0.25
 
-__all__ = ["Companion", "Handler", "Server", "StartError", "Stats"]
+__all__ = ["Companion", "Front", "Handler", "Server", "StartError", "Stats"]
 
 
 class Companion(Protocol):
@@ -47,6 +54,45 @@ class Companion(Protocol):
     def start(self, server: Server) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class Front(Protocol):
+    """Another kind of client served on the server's own listener (web clients when the
+    web port is the port), told apart by the first bytes each client sends."""
+
+    def claims(self, first: bytes) -> bool: ...
+
+    def serve(self, server: Server, sock: Any, address: Any, first: bytes) -> None:
+        """Serve this client to its end (``first``: what was read of it already)."""
+
+
+def sniff(sock: Any, timeout: float) -> bytes:
+    """The first bytes a new client sends within ``timeout`` seconds; b"" when it sends
+    nothing (or closes) by then."""
+    if compat.is_ssl_socket(sock):
+        sock.settimeout(timeout)
+        try:
+            return bytes(sock.recv(RECV_SIZE))
+        except OSError:  # the timeout, or a broken client that the handler will meet
+            return b""
+        finally:
+            sock.settimeout(None)
+    try:
+        return bytes(sock.recv(RECV_SIZE))
+    except BlockingIOError:
+        pass
+    except OSError:
+        return b""
+    watcher = compat.io_watcher(sock.fileno(), compat.READ)
+    try:
+        with gevent.Timeout(timeout, False):
+            compat.wait_on(watcher)
+    finally:
+        watcher.close()
+    try:
+        return bytes(sock.recv(RECV_SIZE))
+    except OSError:
+        return b""
 
 
 class Server:
@@ -64,12 +110,14 @@ class Server:
         link: ClusterLink | None = None,
         companions: Sequence[Companion] = (),
         log: Any = None,
+        front: Front | None = None,
     ) -> None:
         self.handler = handler
         self.settings = s = settings or Settings()
         self.on_start = on_start
         self.worker_index = worker_index
         self.companions = list(companions)
+        self.front = front
         self.log = log if log is not None else get_logger()
         self.registry = Registry(send_to_all, link)
         self.stats = Stats()
@@ -114,13 +162,16 @@ class Server:
         """Listen and start serving in the background; returns at once."""
         s = self.settings
         max_clients = raise_open_file_limit(s.max_clients, self.log)
-        self._admission = Admission(s, max_clients, self.stats, self.log)
+        # The per-IP count waits for the real address where it comes later: in a PROXY
+        # header, or from a proxy's X-Forwarded-For when web clients share the port.
+        ip_known = not s.proxy_protocol and self.front is None
+        self._admission = Admission(s, max_clients, self.stats, self.log, ip_known)
         self._listener = listener or open_listener(s.host, s.port, s.backlog)
         for companion in self.companions:
             companion.start(self)
         if self.registry.link is not None:
             self.registry.link.start(self.registry)
-        self._acceptor = Acceptor(self._listener, self._admit, self._serve_client, self.log)
+        self._acceptor = Acceptor(self._listener, self._admit, self.serve_accepted, self.log)
         self._acceptor.start()
         self.spawn_background(
             sweep_forever, self.connections_now, self.idle_timeout, s.write_timeout, self.stats
@@ -282,69 +333,99 @@ class Server:
         assert self._admission is not None
         return self._admission.admit(sock, address, self.stopping)
 
-    def _serve_client(self, sock: Any, address: Any) -> None:
-        """The greenlet of one client: set up, run the handler, clean up whatever happens."""
+    def admit_unchecked(self, sock: Any, address: Any) -> bool:
+        """Admission without the per-IP check, for listeners whose clients' real address is
+        known only later (a web client behind a proxy): see :meth:`admit_address`."""
+        assert self._admission is not None
+        return self._admission.admit(sock, address, self.stopping, check_ip=False)
+
+    def admit_address(self, address: Any) -> bool:
+        """Count a client under its real address, once known; False when that address is
+        over ``max_clients_per_ip`` (then refuse it, and do not call release_address)."""
+        assert self._admission is not None
+        if self._admission.over_per_ip_limit(address):
+            self.stats.refused_per_ip += 1
+            self.log.info("refused", client=format_peer(address), reason="max_clients_per_ip")
+            return False
+        self._admission.count_ip(address, +1)
+        return True
+
+    def release_address(self, address: Any) -> None:
+        assert self._admission is not None
+        self._admission.count_ip(address, -1)
+
+    def serve_accepted(self, sock: Any, address: Any, front: Front | None = None) -> None:
+        """The greenlet of one client: set up, run the handler, clean up whatever happens.
+
+        ``front`` serves clients of a listener of its own (the web port); otherwise the
+        server's own front, if any, is asked about each client by its first bytes."""
         assert self._admission is not None
         try:
-            self._prepare_and_serve(sock, address)
+            self._prepare_and_serve(sock, address, front)
         except Exception:  # a bug of ours: logged, never a bare traceback on stderr
             self.log.exception("internal_error", client=format_peer(address))
             with contextlib.suppress(OSError):
                 sock.close()
         finally:
-            self._admission.gone(address)
+            self._admission.gone(address, front is None and self._admission.ip_known_at_accept)
 
-    def _prepare_and_serve(self, sock: Any, address: Any) -> None:
+    def _prepare_and_serve(self, sock: Any, address: Any, front: Front | None) -> None:
         s = self.settings
-        admission = self._admission
-        assert admission is not None
         if self.stopping:  # accepted just before the stop began
             sock.close()
             return
         tune(sock, s.keepalive)
-        if not (s.proxy_protocol or self.tls_context is not None):
-            self._serve_connection(sock, address)
+        if s.proxy_protocol or self.tls_context is not None:
+            prepared = prepare(
+                sock,
+                address,
+                proxy_protocol=s.proxy_protocol,
+                tls_context=self.tls_context,
+                timeout=s.handshake_timeout or None,
+                stats=self.stats,
+                log=self.log,
+            )
+            if prepared is None:
+                return
+            sock, address = prepared.sock, prepared.address
+            if self.stopping:  # the stop began during the handshake
+                with gevent.Timeout(s.handshake_timeout or 1, False):
+                    sock.sendall(SHUTTING_DOWN.encode())
+                refuse(sock, None)
+                return
+        if front is not None:
+            front.serve(self, sock, address, b"")
             return
-        prepared = prepare(
-            sock,
-            address,
-            proxy_protocol=s.proxy_protocol,
-            tls_context=self.tls_context,
-            timeout=s.handshake_timeout or None,
-            stats=self.stats,
-            log=self.log,
-        )
-        if prepared is None:
-            return
-        sock, address = prepared.sock, prepared.address
-        refusal = None
-        if self.stopping:  # the stop began during the handshake
-            refusal = SHUTTING_DOWN.encode()
-        elif s.proxy_protocol and admission.over_per_ip_limit(address):
-            self.stats.refused_per_ip += 1
-            self.log.info("refused", client=format_peer(address), reason="max_clients_per_ip")
-            refusal = SERVER_FULL
-        if refusal is not None:
+        first = b""
+        if self.front is not None:
+            first = sniff(sock, s.sniff_timeout)
+            if first and self.front.claims(first):
+                self.front.serve(self, sock, address, first)
+                return
+        assert self._admission is not None
+        if self._admission.ip_known_at_accept:
+            self.serve_connection(Connection(self.context, sock, address, first))
+        elif self.admit_address(address):
+            try:
+                self.serve_connection(Connection(self.context, sock, address, first))
+            finally:
+                self.release_address(address)
+        else:
             with gevent.Timeout(s.handshake_timeout or 1, False):
-                sock.sendall(refusal)
+                sock.sendall(SERVER_FULL)
             refuse(sock, None)
-            return
-        if not s.proxy_protocol:
-            self._serve_connection(sock, address)
-            return
-        admission.count_ip(address, +1)  # the real address, known only now
-        try:
-            self._serve_connection(sock, address)
-        finally:
-            admission.count_ip(address, -1)
 
-    def _serve_connection(self, sock: Any, address: Any) -> None:
-        conn = Connection(self.context, sock, address)
+    def serve_connection(self, conn: Connection) -> None:
+        """Run the handler for one client, then deliver its last output and let it go."""
         self._live[conn] = None
         self._drained.clear()
         self.registry.add(conn)
         self.stats.connections_total += 1
-        self.log.info("connect", client=conn.peer)
+        if conn.transport != "tcp":
+            self.stats.connections_by_transport[conn.transport] = (
+                self.stats.connections_by_transport.get(conn.transport, 0) + 1
+            )
+        self.log.info("connect", client=conn.peer, transport=conn.transport)
         try:
             self.handler(conn)
         except Exception:
@@ -370,6 +451,7 @@ class Server:
         conn.log.info(
             "disconnect",
             reason=str(conn.close_reason),
+            transport=conn.transport,
             duration=round(compat.loop_now() - conn.connected_at, 3),
             bytes_in=conn.bytes_in,
             bytes_out=conn.bytes_out,

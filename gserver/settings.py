@@ -131,6 +131,41 @@ class Settings:
         default=None,
         metadata=_help("serve Prometheus /metrics and /healthz on this port (worker k: +k)"),
     )
+    web_port: int | None = field(
+        default=None,
+        metadata=_help(
+            "serve HTTP here: the chat page at /, WebSocket clients at /ws, /healthz; "
+            "the same number as port serves TCP and web clients on one listener"
+        ),
+    )
+    sniff_timeout: float = field(
+        default=0.3,
+        metadata=_help(
+            "with web_port = port: seconds to wait for a client's first bytes before "
+            "greeting it as a TCP client"
+        ),
+    )
+    web_origins: str = field(
+        default="",
+        metadata=_help(
+            "other sites' origins whose pages may open a WebSocket, comma-separated "
+            "(scheme://host[:port]; * for any); the page's own origin always may"
+        ),
+    )
+    forwarded_allow_ips: str = field(
+        default="127.0.0.1",
+        metadata=_help(
+            "proxies whose X-Forwarded-For gives a web client's address: addresses or "
+            "networks, comma-separated, * for any"
+        ),
+    )
+    ws_ping_interval: float = field(
+        default=20.0,
+        metadata=_help(
+            "seconds between pings to each WebSocket client; one that has not answered "
+            "by the next ping is closed (0 = off)"
+        ),
+    )
     log_format: str = field(
         default="auto",
         metadata=_help("auto (console on a terminal, JSON lines otherwise), console or json"),
@@ -272,6 +307,36 @@ def _check_host(s: Settings) -> None:
         raise SettingsError("host", f"must be an address or host name, got {s.host!r}")
 
 
+def _check_web(s: Settings) -> None:
+    if s.web_port is not None and not 0 <= s.web_port <= 65535:
+        raise SettingsError("web_port", f"must be from 0 to 65535, got {s.web_port}")
+    if s.web_port is not None and s.web_port != s.port and s.workers > 1:
+        raise SettingsError(
+            "web_port",
+            f"with {s.workers} workers, must be the same as port ({s.port}: one shared "
+            f"listener serves TCP and web clients), got {s.web_port}",
+        )
+    _require_non_negative("sniff_timeout", s.sniff_timeout)
+    _require_non_negative("ws_ping_interval", s.ws_ping_interval)
+    from gserver.protocol.websocket import OriginPolicy, TrustedProxies
+
+    try:
+        OriginPolicy(web_origin_list(s.web_origins))
+    except ValueError as exc:
+        raise SettingsError("web_origins", f"{exc}, got {s.web_origins!r}") from None
+    try:
+        TrustedProxies(s.forwarded_allow_ips)
+    except ValueError as exc:
+        raise SettingsError(
+            "forwarded_allow_ips", f"{exc}, got {s.forwarded_allow_ips!r}"
+        ) from None
+
+
+def web_origin_list(text: str) -> list[str]:
+    """``web_origins`` as a list: comma- or space-separated origins."""
+    return [part for part in text.replace(",", " ").split() if part]
+
+
 _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_host,
     _check_port,
@@ -283,6 +348,7 @@ _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_tls,
     _check_cluster,
     _check_reload,
+    _check_web,
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

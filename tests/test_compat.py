@@ -56,7 +56,8 @@ def _private_gevent_uses(path: Path) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Attribute)
         and node.attr in GEVENT_PRIVATE
-        and not (isinstance(node.value, ast.Name) and node.value.id == "compat")
+        # compat's own functions, and an object's own attributes of the same name
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("compat", "self"))
     ]
 
 

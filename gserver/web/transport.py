@@ -1,0 +1,312 @@
+"""Browsers as clients: the web port's HTTP, and WebSocket clients as gserver connections.
+
+The protocol is ``protocol/websocket.py``'s (h11 and wsproto, sans-IO); this is the thin
+adapter around it.  Until a WebSocket is accepted, a web client is served here, in blocking
+style on its own greenlet: the page, /healthz, 404s.  Once accepted, it becomes a
+:class:`WebSocketConnection`: the same ``Connection`` as a TCP client's, served by the same
+mode handler with the same limits and logs; only what crosses its socket differs.
+
+- In: each message is one read (``receive()``: its bytes as one chunk); line reads see each
+  message as a line even without a line ending.
+- Out: each write becomes frames (``encode_output``), written through the same outbox; a
+  broadcast is framed once for all its WebSocket recipients (``send_to_all``).
+- Pings every ``ws_ping_interval``; only messages count as input for ``idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.socket
+
+from gserver import compat
+from gserver.connection import (
+    RECV_SIZE,
+    CloseReason,
+    Connection,
+    ConnectionContext,
+    ConnectionState,
+    format_peer,
+)
+from gserver.listener import Acceptor, StartError, open_listener
+from gserver.protocol.websocket import (
+    Event,
+    HttpResponded,
+    MessageReceived,
+    SessionState,
+    TrustedProxies,
+    WebEndpoint,
+    WebSession,
+    WebSocketAccepted,
+    WebSocketClosed,
+    WebSocketRefused,
+    client_address,
+    encode_output,
+    frame_message,
+)
+from gserver.settings import Settings, web_origin_list
+from gserver.web import assets
+
+if TYPE_CHECKING:
+    from gserver.server import Server
+
+# An HTTP request line, as the first bytes of a client on a shared port (as sslh tells
+# protocols apart).  Anything else is input to the mode.
+_HTTP_REQUEST = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE|CONNECT) \S")
+SERVER_FULL_CLOSE = 1013  # "try again later"
+_WEBSOCKET, _CLOSED_SESSION = SessionState.WEBSOCKET, SessionState.CLOSED
+_OPEN_STATE, _CLOSING_STATE = ConnectionState.OPEN, ConnectionState.CLOSING
+_CLOSED_STATE = ConnectionState.CLOSED
+
+
+class _Closed(Exception):
+    """The web client went, or its request timed out, before a WebSocket was accepted."""
+
+
+class WebSocketConnection(Connection):
+    """A WebSocket client, as a handler sees it: a Connection like any other."""
+
+    __slots__ = ("_messages", "_session")
+    transport = "websocket"
+    _messages_are_lines = True
+    encode_output = staticmethod(encode_output)
+
+    def __init__(
+        self,
+        context: ConnectionContext,
+        sock: Any,
+        address: Any,
+        session: WebSession,
+        events: Iterable[Event] = (),
+    ) -> None:
+        super().__init__(context, sock, address)
+        self._session = session
+        self._messages: deque[bytes] = deque()
+        self._take(events)
+
+    def send(self, data: str | bytes) -> None:
+        """Queue ``data`` as WebSocket messages: a line each, a prompt as it is."""
+        if self.state is not _OPEN_STATE:
+            return
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        elif not isinstance(data, bytes):
+            if not isinstance(data, bytearray | memoryview):
+                raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
+            data = bytes(data)
+        self._queue_output(encode_output(data))
+
+    def send_encoded(self, frames: bytes) -> None:
+        """Queue frames already made by :func:`encode_output` (a broadcast, framed once)."""
+        if self.state is _OPEN_STATE:
+            self._queue_output(frames)
+
+    def ping_or_close(self) -> None:
+        """Close a client that did not answer the last ping; ping the others."""
+        if self.state is not _OPEN_STATE or self._session.state is not _WEBSOCKET:
+            return
+        if not self._session.ping_answered:
+            self.log.info("ping_timeout")
+            self.close(CloseReason.PING_TIMEOUT)
+            return
+        self._queue_output(self._session.ping())
+
+    def _take(self, events: Iterable[Event]) -> None:
+        """What the session made of the bytes received: messages, answers, its close."""
+        reply = self._session.data_to_send()
+        if reply:  # pongs and close replies go out in order with everything else
+            self._queue_output(reply)
+        for event in events:
+            if isinstance(event, MessageReceived):
+                self._messages.append(event.data)
+            elif isinstance(event, WebSocketClosed):
+                if self.close_reason is None:
+                    if event.by_peer:
+                        self.close_reason = CloseReason.CLIENT_CLOSED
+                    else:
+                        self.close_reason = f"websocket {event.code}: {event.reason}"
+                        self.log.info("websocket_error", code=event.code, reason=event.reason)
+                if self.state is _OPEN_STATE:
+                    self.state = _CLOSING_STATE
+
+    def _receive(self) -> bytes:
+        messages = self._messages
+        session = self._session
+        while not messages:
+            if self.state is not _OPEN_STATE or session.state is not _WEBSOCKET:
+                return b""
+            # Pings, pongs and fragments are not input: only a whole message resets the
+            # idle clock.
+            idle_since = self.last_read
+            data = Connection._receive(self)
+            self.last_read = idle_since
+            if not data and self.state is _OPEN_STATE:
+                self.state = _CLOSING_STATE
+            session.receive_data(data)
+            self._take(session.events())
+            if not data and not messages:
+                if self.close_reason is None:
+                    self.close_reason = CloseReason.CLIENT_CLOSED
+                return b""
+        self.last_read = self._hub.loop.now()
+        return messages.popleft()
+
+    def finish(self) -> None:
+        if self._session.state is _WEBSOCKET and self.state is not _CLOSED_STATE:
+            # The last text went first; now the close frame (1001: the server goes away).
+            code = 1001 if self.close_reason == CloseReason.SHUTDOWN else 1000
+            self._queue_output(self._session.close(code))
+        super().finish()
+
+
+def looks_like_http(first: bytes) -> bool:
+    return _HTTP_REQUEST.match(first) is not None
+
+
+class WebFront:
+    """The web port: HTTP and WebSocket clients of one server, on a listener of their own
+    (a companion of the server) or on the server's own (its front, told apart by the
+    first bytes)."""
+
+    def __init__(self, settings: Settings, log: Any, own_listener: bool) -> None:
+        self.settings = settings
+        self.log = log
+        self.own_listener = own_listener
+        self.trusted = TrustedProxies(settings.forwarded_allow_ips)
+        self.origins = web_origin_list(settings.web_origins)
+        self._endpoint: WebEndpoint | None = None
+        self._acceptor: Acceptor | None = None
+        self._clients: dict[WebSocketConnection, None] = {}
+        self.address: tuple[str, int] | None = None
+
+    # -- as a companion: its own listener, pings ------------------------------------------
+
+    def start(self, server: Server) -> None:
+        s = self.settings
+        self._endpoint = WebEndpoint(
+            assets=assets(),
+            health=server.health,
+            allowed_origins=self.origins,
+            max_message_bytes=4 * s.max_line_bytes,
+        )
+        if self.own_listener:
+            assert s.web_port is not None
+            try:
+                listener = open_listener(s.host, s.web_port, s.backlog)
+            except StartError as exc:
+                raise StartError(f"web_port: {exc}") from None
+            self._acceptor = Acceptor(
+                listener,
+                server.admit_unchecked,
+                lambda sock, address: server.serve_accepted(sock, address, self),
+                self.log,
+            )
+            self._acceptor.start()
+            self.address = listener.getsockname()[:2]
+            host, port = self.address
+            self.log.info("web_listening", host=host, port=port, tls=server.tls_context is not None)
+        if s.ws_ping_interval > 0:
+            server.spawn_background(self._ping_forever, s.ws_ping_interval)
+
+    def stop(self) -> None:
+        if self._acceptor is not None:
+            self._acceptor.close()
+
+    def _ping_forever(self, interval: float) -> None:
+        while True:
+            gevent.sleep(interval)
+            for conn in list(self._clients):
+                conn.ping_or_close()
+
+    # -- as a front: serving one web client --------------------------------------------------
+
+    def claims(self, first: bytes) -> bool:
+        return looks_like_http(first)
+
+    def serve(self, server: Server, sock: Any, address: Any, first: bytes) -> None:
+        """HTTP until a WebSocket is accepted (then a client of the mode), or the end."""
+        assert self._endpoint is not None
+        session = self._endpoint.session()
+        tls = compat.is_ssl_socket(sock)
+        if not tls:  # gevent's cooperative socket for the HTTP part, in blocking style
+            sock = gevent.socket.socket(sock.family, sock.type, 0, fileno=sock.detach())
+        try:
+            accepted, events = self._serve_http(session, sock, address, first)
+        except _Closed:
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+        peer_ip = format_peer(address).rpartition(":")[0].strip("[]")
+        real_ip = client_address(peer_ip, accepted.headers, self.trusted)
+        if real_ip != peer_ip:
+            address = (real_ip, 0)
+        if not server.admit_address(address):
+            text = frame_message(b"Server full, try again later", text=True)
+            with contextlib.suppress(OSError), gevent.Timeout(1, False):
+                sock.sendall(text + session.close(SERVER_FULL_CLOSE))
+            sock.close()
+            return
+        if not tls:  # back to the plain socket and the fast path
+            family, kind = sock.family, sock.type
+            sock = compat.RawSocket(family, kind, 0, sock.detach())
+            sock.setblocking(False)
+        conn = WebSocketConnection(server.context, sock, address, session, events)
+        self._clients[conn] = None
+        try:
+            server.serve_connection(conn)
+        finally:
+            del self._clients[conn]
+            server.release_address(address)
+
+    def _serve_http(
+        self, session: WebSession, sock: Any, address: Any, first: bytes
+    ) -> tuple[WebSocketAccepted, list[Event]]:
+        """Answer requests until the upgrade; each request (and the wait for it) is bounded
+        by handshake_timeout.  Returns the acceptance and the events that came with it."""
+        timeout = self.settings.handshake_timeout or None
+        data = first
+        while True:
+            with gevent.Timeout(timeout, False):
+                if not data:
+                    data = sock.recv(RECV_SIZE)
+                    if not data:
+                        raise _Closed
+                session.receive_data(data)
+                data = b""
+                reply = session.data_to_send()
+                events = list(session.events())
+                for index, event in enumerate(events):
+                    if isinstance(event, WebSocketAccepted):
+                        if reply:
+                            sock.sendall(reply)  # the 101 first, then the mode speaks
+                        return event, events[index + 1 :]
+                    self._log_http(event, address)
+                if reply:
+                    sock.sendall(reply)
+                if session.state is _CLOSED_SESSION:
+                    raise _Closed
+                continue
+            raise _Closed  # the timeout: a request that took too long, or an idle keep-alive
+
+    def _log_http(self, event: Event, address: Any) -> None:
+        if isinstance(event, WebSocketRefused):
+            self.log.info(
+                "ws_refused",
+                client=format_peer(address),
+                status=event.status,
+                reason=event.reason,
+                origin=event.origin,
+            )
+        elif isinstance(event, HttpResponded):
+            self.log.debug(
+                "http",
+                client=format_peer(address),
+                method=event.method,
+                target=event.target,
+                status=event.status,
+            )
