@@ -7,7 +7,15 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gserver.protocol.chat import HELP, PROMPT, ChatSession, State, name_is_valid, name_key
+from gserver.protocol.chat import (
+    HELP,
+    PROMPT,
+    ChatSession,
+    State,
+    name_is_valid,
+    name_key,
+    users_reply,
+)
 from gserver.protocol.framing import LineFramer
 from gserver.protocol.text import decode
 from gserver.registry import ChatRoom
@@ -355,3 +363,14 @@ def test_emoji_sequences_reach_others_whole() -> None:
     assert bob.take() == f"[alice]: {emoji}\n"
     session.receive("/me \U0001f469\U0001f3fd\u200d\U0001f4bb")
     assert bob.take() == "* alice \U0001f469\U0001f3fd\u200d\U0001f4bb\n"
+
+
+def test_a_users_reply_is_bounded_and_says_how_many_more() -> None:
+    names = [f"user{i:04d}" for i in range(1000)]
+    reply = users_reply(names, 1000)
+    assert len(reply.encode()) <= 1000
+    assert reply.startswith("Online users: user0000, user0001, ")
+    shown = reply.removeprefix("Online users: ").split(", ")[:-1]
+    assert names[: len(shown)] == shown
+    assert reply.endswith(f", (and {1000 - len(shown)} more)\n")
+    assert users_reply(["alice", "bob"], 1000) == "Online users: alice, bob\n"

@@ -426,3 +426,21 @@ def test_over_long_lines_are_flood_controlled_and_logged_sparingly(start_server)
         assert client.read_line().endswith("Echo: short\n")
     server.wait_for_log("flood_throttled")
     assert len(server.events("line_too_long")) == 1  # and 29 not logged, within 5 s
+
+
+def test_users_never_drops_the_client_who_asked(start_server) -> None:
+    server = start_server("--mode", "chat", "--max-output-bytes", "4096", "--flood-rate", "0")
+    crowd = [chat_join(server.port, f"{'x' * 26}{i:04d}") for i in range(200)]
+    try:
+        asker = crowd[-1]
+        asker.send_line("/users")
+        reply = asker.read_line()
+        assert reply.startswith("Online users: ")
+        assert reply.endswith(" more)\n")
+        assert len(reply.encode()) <= 4096 // 4
+        asker.send_line("/help")
+        assert asker.read_line() == "Commands:\n"  # still connected
+    finally:
+        for client in crowd:
+            client.close()
+    assert server.events("slow_consumer") == []

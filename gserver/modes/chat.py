@@ -8,7 +8,8 @@ from gserver.settings import IDLE_TIMEOUT_BY_MODE
 
 
 def handle(conn: Connection) -> None:
-    session = ChatSession(conn.registry.room, conn)
+    # A quarter of what may wait for a client: a reply leaves room for the chat around it.
+    session = ChatSession(conn.registry.room, conn, conn.settings.max_output_bytes // 4)
     session.start()
     logged_name: str | None = None
     try:

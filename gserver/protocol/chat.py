@@ -31,6 +31,7 @@ HELP = (
     "/nick NAME - Change your name\n"
 )
 UNKNOWN_COMMAND = "Unknown command. Type /help for help\n"
+MAX_REPLY_BYTES = 64 * 1024
 
 
 class Member(Protocol):
@@ -137,6 +138,22 @@ def _unicode_username(name: str) -> str | None:
         return None
 
 
+def users_reply(names: list[str], max_bytes: int) -> str:
+    """``Online users: alice, bob``, within ``max_bytes``: past it, as many names as fit
+    and ``(and N more)``."""
+    reply = f"Online users: {', '.join(names)}\n"
+    if len(reply.encode()) <= max_bytes:
+        return reply
+    shown: list[str] = []
+    size = len("Online users: , (and 0000000000 more)\n")
+    for name in names:
+        size += len(name.encode()) + 2
+        if size > max_bytes:
+            break
+        shown.append(name)
+    return f"Online users: {', '.join(shown)}, (and {len(names) - len(shown)} more)\n"
+
+
 class State(Enum):
     AWAITING_NAME = "awaiting_name"
     CHATTING = "chatting"
@@ -146,9 +163,13 @@ class State(Enum):
 class ChatSession:
     """One client's conversation: feed it lines with :meth:`receive`."""
 
-    def __init__(self, room: Room, member: Member) -> None:
+    def __init__(
+        self, room: Room, member: Member, max_reply_bytes: int = MAX_REPLY_BYTES
+    ) -> None:
         self.room = room
         self.member = member
+        # A reply of ours must never make its asker a slow consumer: /users is bounded.
+        self.max_reply_bytes = max_reply_bytes
         self.name: str | None = None
         self.state = State.AWAITING_NAME
         self._commands: dict[str, Callable[[str], None]] = {
@@ -213,7 +234,7 @@ class ChatSession:
             self.room.publish(f"{name} joined the chat\n", exclude=self.member)
 
     def _users(self, _argument: str) -> None:
-        self.member.send(f"Online users: {', '.join(self.room.names())}\n")
+        self.member.send(users_reply(self.room.names(), self.max_reply_bytes))
 
     def _help(self, _argument: str) -> None:
         self.member.send(HELP)
