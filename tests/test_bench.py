@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_quick_bench_writes_report_and_chart(tmp_path: Path) -> None:
     if shutil.which("cc") is None:
