@@ -318,6 +318,8 @@ def _check_web(s: Settings) -> None:
         )
     _require_non_negative("sniff_timeout", s.sniff_timeout)
     _require_non_negative("ws_ping_interval", s.ws_ping_interval)
+    if not s.web_origins and s.forwarded_allow_ips == "127.0.0.1":
+        return  # the defaults: no need to load h11 and wsproto at every start
     from gserver.protocol.websocket import OriginPolicy, TrustedProxies
 
     try:
