@@ -49,8 +49,16 @@ class Admission:
         self.admitted = 0
         self._per_ip: dict[str, int] = {}
 
-    def admit(self, sock: Any, address: Any, stopping: bool, check_ip: bool = True) -> bool:
-        """True if this new client gets a greenlet; otherwise it has been answered."""
+    def admit(
+        self,
+        sock: Any,
+        address: Any,
+        stopping: bool,
+        check_ip: bool = True,
+        full: bytes | None = SERVER_FULL,
+    ) -> bool:
+        """True if this new client gets a greenlet; otherwise it has been answered (``full``:
+        what a client over a limit is told, in its listener's protocol)."""
         check_ip = check_ip and self.ip_known_at_accept
         if stopping:
             reason = "stopping"
@@ -66,7 +74,7 @@ class Admission:
                 self.count_ip(address, +1)
             return True
         self.log.info("refused", client=format_peer(address), reason=reason)
-        refuse(sock, None if reason == "stopping" else SERVER_FULL)
+        refuse(sock, None if reason == "stopping" else full)
         return False
 
     def gone(self, address: Any, ip_counted: bool) -> None:

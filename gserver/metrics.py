@@ -50,7 +50,14 @@ class SnapshotCollector:
         yield gauge(
             "accepting", "1 while accepting new clients, 0 while shutting down", now.accepting
         )
-        yield counter("connections", "Clients accepted since start", stats.connections_total)
+        connections = CounterMetricFamily(
+            "gserver_connections", "Clients accepted since start", labels=["transport"]
+        )
+        others = stats.connections_by_transport
+        connections.add_metric(["tcp"], stats.connections_total - sum(others.values()))
+        for transport in ("websocket", *sorted(others.keys() - {"websocket"})):
+            connections.add_metric([transport], others.get(transport, 0))
+        yield connections
         yield counter("lines_in", "Lines received from clients", stats.lines_in)
         yield counter(
             "lines_out", "Messages (lines, prompts, chunks) queued for clients", stats.messages_out

@@ -333,11 +333,12 @@ class Server:
         assert self._admission is not None
         return self._admission.admit(sock, address, self.stopping)
 
-    def admit_unchecked(self, sock: Any, address: Any) -> bool:
+    def admit_unchecked(self, sock: Any, address: Any, full: bytes | None = SERVER_FULL) -> bool:
         """Admission without the per-IP check, for listeners whose clients' real address is
-        known only later (a web client behind a proxy): see :meth:`admit_address`."""
+        known only later (a web client behind a proxy): see :meth:`admit_address`.  ``full``
+        is what a client is told when the server is full (the web port: an HTTP 503)."""
         assert self._admission is not None
-        return self._admission.admit(sock, address, self.stopping, check_ip=False)
+        return self._admission.admit(sock, address, self.stopping, check_ip=False, full=full)
 
     def admit_address(self, address: Any) -> bool:
         """Count a client under its real address, once known; False when that address is

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from gserver.connection import (
 )
 from gserver.listener import Acceptor, StartError, open_listener
 from gserver.protocol.websocket import (
+    CONTENT_SECURITY_POLICY,
     Event,
     HttpResponded,
     MessageReceived,
@@ -59,6 +61,22 @@ if TYPE_CHECKING:
 # protocols apart).  Anything else is input to the mode.
 _HTTP_REQUEST = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE|CONNECT) \S")
 SERVER_FULL_CLOSE = 1013  # "try again later"
+# The web port's answer when max_clients is reached: refused at accept, before a byte of
+# the request is read, yet as HTTP, so that a browser shows the sentence (and its WebSocket
+# fails its handshake with a 503) instead of an invalid response.  On a shared port the
+# refusal is the TCP text, since nobody knows yet what the client speaks; over TLS there is
+# nothing to say before the handshake, and the connection just closes.
+SERVER_FULL_TEXT = b"Server full, try again later\n"
+SERVER_FULL_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-security-policy: " + CONTENT_SECURITY_POLICY.encode() + b"\r\n"
+    b"x-content-type-options: nosniff\r\n"
+    b"cache-control: no-store\r\n"
+    b"retry-after: 5\r\n"
+    b"content-length: " + str(len(SERVER_FULL_TEXT)).encode() + b"\r\n"
+    b"connection: close\r\n\r\n" + SERVER_FULL_TEXT
+)
 _WEBSOCKET, _CLOSED_SESSION = SessionState.WEBSOCKET, SessionState.CLOSED
 _OPEN_STATE, _CLOSING_STATE = ConnectionState.OPEN, ConnectionState.CLOSING
 _CLOSED_STATE = ConnectionState.CLOSED
@@ -145,7 +163,11 @@ class WebSocketConnection(Connection):
             idle_since = self.last_read
             data = Connection._receive(self)
             self.last_read = idle_since
-            if not data and self.state is _OPEN_STATE:
+            if not data:
+                if self.state is not _OPEN_STATE:
+                    # Closed on our side (quit, idle timeout, shutdown, ping timeout) or
+                    # lost: not the client's end of stream.  finish() sends the close frame.
+                    return b""
                 self.state = _CLOSING_STATE
             session.receive_data(data)
             self._take(session.events())
@@ -200,9 +222,10 @@ class WebFront:
                 listener = open_listener(s.host, s.web_port, s.backlog)
             except StartError as exc:
                 raise StartError(f"web_port: {exc}") from None
+            full = None if server.tls_context is not None else SERVER_FULL_RESPONSE
             self._acceptor = Acceptor(
                 listener,
-                server.admit_unchecked,
+                lambda sock, address: server.admit_unchecked(sock, address, full),
                 lambda sock, address: server.serve_accepted(sock, address, self),
                 self.log,
             )
@@ -246,9 +269,14 @@ class WebFront:
         if real_ip != peer_ip:
             address = (real_ip, 0)
         if not server.admit_address(address):
-            text = frame_message(b"Server full, try again later", text=True)
+            text = frame_message(SERVER_FULL_TEXT.rstrip(b"\n"), text=True)
             with contextlib.suppress(OSError), gevent.Timeout(1, False):
                 sock.sendall(text + session.close(SERVER_FULL_CLOSE))
+                # Read the answer to the close (until the client's end), so that it does
+                # not arrive at a closed socket, whose reset could destroy the text.
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(RECV_SIZE):
+                    pass
             sock.close()
             return
         if not tls:  # back to the plain socket and the fast path
