@@ -382,7 +382,8 @@ class Connection:
                 if messages_are_lines and not chunk.endswith(b"\n"):
                     chunk += b"\n"
                 # Telnet commands start with byte 255, which valid UTF-8 never holds.
-                if telnet is not None or b"\xff" in chunk:
+                # A message a user typed (WebSocket) is never telnet, whatever its bytes.
+                if (telnet is not None or b"\xff" in chunk) and not messages_are_lines:
                     telnet = telnet or TelnetFilter()
                     filtered = telnet.feed(chunk)
                     chunk, interrupted = filtered.data, filtered.interrupted

@@ -128,11 +128,24 @@ class WebSocketConnection(Connection):
         """Close a client that did not answer the last ping; ping the others."""
         if self.state is not _OPEN_STATE or self._session.state is not _WEBSOCKET:
             return
-        if not self._session.ping_answered:
+        if not self._session.ping_answered and not self._input_waiting():
             self.log.info("ping_timeout")
             self.close(CloseReason.PING_TIMEOUT)
             return
         self._queue_output(self._session.ping())
+
+    def _input_waiting(self) -> bool:
+        """Whether the client sent bytes that nobody has read yet: its pong may be among
+        them, unseen while the handler does something other than reading (or while reading
+        is paused for its output to drain).  A peek: nothing is taken from the socket."""
+        sock = self._socket
+        try:
+            if self._raw is None and sock.pending():  # TLS: decrypted, not yet read
+                return True
+            peek = compat.underlying_socket(sock).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # nothing there (BlockingIOError), or the connection is broken
+            return False
+        return bool(peek)  # b"": the client's end of stream, which is no answer
 
     def _take(self, events: Iterable[Event]) -> None:
         """What the session made of the bytes received: messages, answers, its close."""
