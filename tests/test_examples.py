@@ -1,13 +1,18 @@
 """The examples, served by ``python -m gserver --handler`` and spoken to by clients that
-nobody here wrote: redis-py and Debian's redis-cli for examples/kv.py (RESP2), pymemcache
-for examples/memcached.py."""
+nobody here wrote: redis-py and Debian's redis-cli for examples/kv.py (RESP2), the standard
+library's smtplib for examples/smtp_sink.py."""
 
 from __future__ import annotations
 
 import shutil
+import smtplib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,3 +219,80 @@ def test_kv_runs_as_a_module_of_its_own(tmp_path: Any) -> None:
     finally:
         proc.terminate()
         assert proc.wait(WAIT) == 0
+
+
+# -- examples/smtp_sink.py with smtplib -----------------------------------------------------
+
+
+@pytest.fixture
+def sink(gserver_serve: Callable[..., RunningGserver], tmp_path: Path) -> Iterator[RunningGserver]:
+    env = {"SMTP_SINK_DIR": str(tmp_path / "mail"), "SMTP_SINK_MAX_BYTES": "100000"}
+    with gserver_serve("examples.smtp_sink:handle", env=env) as server:
+        yield server
+
+
+def test_smtplib_sends_a_message_that_is_kept_byte_for_byte(
+    sink: RunningGserver, tmp_path: Path
+) -> None:
+    message = EmailMessage()
+    message["From"] = "app@example.org"
+    message["To"] = "alice@example.org, bob@example.org"
+    message["Subject"] = "Grüße"
+    # Lines that dot-stuffing must carry: a lone dot, a leading dot, a trailing dot.
+    message.set_content("Hello.\n.\n..two dots\nend.\n", cte="8bit")
+    with smtplib.SMTP(sink.host, sink.port, timeout=WAIT) as smtp:
+        assert smtp.ehlo()[0] == 250
+        assert smtp.has_extn("size") and smtp.has_extn("8bitmime")
+        assert smtp.send_message(message) == {}
+        assert smtp.noop()[0] == 250
+    entry = sink.wait_for_log("mail_received")
+    assert entry["sender"] == "app@example.org"
+    assert entry["recipients"] == ["alice@example.org", "bob@example.org"]
+    assert entry["subject"] == "Grüße"
+    (kept,) = (tmp_path / "mail").glob("*.eml")
+    received = BytesParser(policy=policy.default).parsebytes(kept.read_bytes())
+    assert received["Subject"] == "Grüße"
+    assert received.get_content() == "Hello.\r\n.\r\n..two dots\r\nend.\r\n"  # SMTP's CRLF
+    assert kept.read_bytes() == message.as_bytes(policy=policy.SMTP)
+    assert len(kept.read_bytes()) == entry["bytes"]
+
+
+def test_an_empty_message_and_several_in_one_session(sink: RunningGserver) -> None:
+    with smtplib.SMTP(sink.host, sink.port, timeout=WAIT) as smtp:
+        smtp.sendmail("a@example.org", ["b@example.org"], b"")  # smtplib sends "\r\n."
+        smtp.sendmail("a@example.org", ["c@example.org"], b"Subject: second\r\n\r\nbody\r\n")
+    with sink.client() as c:  # the lone dot right after DATA: a message of no bytes at all
+        c.send(b"HELO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<d@x>\r\nDATA\r\n.\r\nQUIT\r\n")
+        replies = c.read_to_close().splitlines()
+    first, second, third = sink.wait_for_events("mail_received", 3)
+    assert replies[-2:] == [f"250 2.0.0 Ok: queued as {third['number']}", "221 2.0.0 Bye"]
+    assert (first["bytes"], first["recipients"]) == (2, ["b@example.org"])
+    assert second["subject"] == "second"
+    assert (third["bytes"], third["sender"], third["recipients"]) == (0, "a@x", ["d@x"])
+
+
+def test_smtp_order_of_commands_and_limits(sink: RunningGserver) -> None:
+    with smtplib.SMTP(sink.host, sink.port, timeout=WAIT) as smtp:
+        smtp.ehlo()
+        assert smtp.rcpt("b@example.org")[0] == 503
+        assert smtp.docmd("DATA")[0] == 503
+        assert smtp.docmd("MAIL", "FROM:<a@example.org> SIZE=100001")[0] == 552
+        assert smtp.mail("a@example.org")[0] == 250
+        assert smtp.docmd("MAIL", "FROM:<a@example.org>")[0] == 503
+        assert smtp.rset()[0] == 250
+        assert smtp.docmd("BOGUS")[0] == 502
+        assert smtp.docmd("X" * 3000)[0] == 500  # too long, and the session goes on
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            smtp.sendmail("a@example.org", ["b@example.org"], b"x" * 100_001)
+        assert refused.value.smtp_code == 552
+
+
+def test_a_client_that_ignores_size_is_cut_off(sink: RunningGserver) -> None:
+    with sink.client() as c:
+        c.read_line()
+        c.send(b"HELO me\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n")
+        for code in ("250", "250", "250", "354"):
+            assert c.read_line().startswith(code)
+        c.send(b"y" * 150_000)
+        assert c.read_line() == "552 5.3.4 Message size exceeds fixed limit"
+    assert not sink.events("mail_received")

@@ -182,6 +182,16 @@ class RunningGserver:
         """The first log entry of ``event`` (with these fields), waiting for it."""
         return self.process.wait_for_log(event, timeout, **fields)
 
+    def wait_for_events(
+        self, event: str, count: int, timeout: float = WAIT
+    ) -> list[dict[str, Any]]:
+        """At least ``count`` log entries of ``event``, waiting for them."""
+        return self.process.wait_for_events(event, count, timeout)
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The log entries of ``event`` so far."""
+        return self.process.events(event)
+
     def client(self, timeout: float = READ_TIMEOUT) -> Client:
         """A new connection to the server; closed at the latest when the server stops."""
         client = Client(self.host, self.port, timeout)
