@@ -9,14 +9,10 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gserver import __version__
 from gserver.arguments import OneLineParser
-from gserver.listener import StartError
-from gserver.logs import configure, get_logger
-from gserver.modes import Mode, resolve
-from gserver.server import Companion, Server
 from gserver.settings import (
     DEFAULT_CONFIG,
     FIELDS,
@@ -28,9 +24,30 @@ from gserver.settings import (
     setting_metavar,
     setting_type,
 )
-from gserver.workers import Master
+
+# The server's parts are imported once the settings are known (and the standard library
+# is patched, where they need it): see main().
+if TYPE_CHECKING:
+    from gserver.modes import Mode
+    from gserver.server import Companion, Server
 
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_SETTING = 0, 1, 2
+
+
+def needs_monkey_patching(settings: Settings) -> bool:
+    """Whether anything in force may call the standard library's blocking sockets, locks
+    or sleeps, which gevent's monkey-patching makes cooperative: a handler of your own
+    (it may use any library), the Redis backplane (redis-py), the metrics or web port,
+    workers.  The built-in modes, TLS and PROXY use gevent's own calls, and need none
+    of it; patching costs a tenth of a second of start-up (gevent's plugin lookup)."""
+    return bool(
+        settings.handler
+        or settings.backplane
+        or settings.metrics_port is not None
+        or settings.web_port is not None
+        or settings.workers > 1
+        or settings.reload
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["hash-password"]:
+        return hash_password_command(argv[1:])
     args = build_parser().parse_args(argv)
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in FIELDS}
     # A misspelt GSERVER_* variable would be ignored in silence: say so, and start anyway.
@@ -80,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gserver: warning: {warning}", file=sys.stderr)
     try:
         settings = load(flags, os.environ, Path(args.config) if args.config else None)
+        if needs_monkey_patching(settings):
+            from gevent import monkey
+
+            monkey.patch_all()
+        from gserver.listener import StartError
+        from gserver.logs import configure
+        from gserver.modes import resolve
+
         mode = resolve(settings)
         configure(settings.log_format, settings.log_level)
         # Built here even with workers, so that bad TLS files stop the start at once.
@@ -105,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def compose(settings: Settings, mode: Mode, worker_index: int | None = None) -> Server:
     """The one place that knows every part: the mode's handler, the cluster link, the
     metrics port, and the server that runs them.  Nothing here touches the network."""
+    from gserver.logs import get_logger
+    from gserver.server import Server
+
     log = get_logger() if worker_index is None else get_logger(worker=worker_index, pid=os.getpid())
     link = None
     if settings.backplane:
@@ -150,6 +181,9 @@ def finish(server: Server, status: int) -> int:
 
 def run_workers(settings: Settings, mode: Mode) -> int:
     """The master of ``--workers N``: one shared socket, N worker processes."""
+    from gserver.listener import StartError
+    from gserver.logs import configure
+    from gserver.workers import Master
 
     def run_worker(index: int, listener: socket.socket) -> int:
         configure(settings.log_format, settings.log_level)
@@ -167,3 +201,35 @@ def run_workers(settings: Settings, mode: Mode) -> int:
     except StartError as exc:
         print(f"gserver: error: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
+
+
+def hash_password_command(argv: Sequence[str]) -> int:
+    """``python -m gserver hash-password``: read a password without echoing it (one line of
+    standard input when that is no terminal, for scripts) and print its hash alone on
+    standard output, for the ``oper_password`` setting.  Prompts go to standard error."""
+    import getpass
+
+    from gserver.protocol.passwords import hash_password
+
+    if argv:
+        print(
+            "gserver hash-password: error: takes no arguments (it reads the password)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_SETTING
+    try:
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ", stream=sys.stderr)
+            if getpass.getpass("Again: ", stream=sys.stderr) != password:
+                print("gserver hash-password: error: the two passwords differ", file=sys.stderr)
+                return EXIT_BAD_SETTING
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+    except (EOFError, KeyboardInterrupt):
+        print("", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    if not password:
+        print("gserver hash-password: error: the password is empty", file=sys.stderr)
+        return EXIT_BAD_SETTING
+    print(hash_password(password))
+    return EXIT_OK

@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from gserver.protocol.chat import Member, name_key
+from gserver.protocol.chat import Entered, Member, Removal, name_key
 from gserver.protocol.cluster import ClientCount, Direct, Event, RoomLine, ToAll
+from gserver.rooms import Rooms
 
 Fanout = Callable[[Iterable[Member], bytes], None]
 
@@ -65,7 +66,8 @@ class ClusterLink(Protocol):
         ...
 
     def claim(self, key: str, name: str, stamp: int) -> bool:
-        """Hold ``name`` cluster-wide unless another live node holds it."""
+        """Hold ``name`` cluster-wide unless another live node holds it and this one does
+        not (a node that holds it already, as after a split, may spell it anew)."""
         ...
 
     def release(self, key: str) -> None:
@@ -94,23 +96,36 @@ class _Entry:
 
 
 class ChatRoom:
-    """The chat's members by name, in join order; names unique by :func:`name_key`, across
-    the cluster when a link is attached."""
+    """The chat (the ``Chat`` of protocol/chat.py): its members by name, in join order,
+    names unique by :func:`name_key` (across the cluster when a link is attached), and
+    their rooms (``rooms.Rooms``)."""
 
-    def __init__(self, fanout: Fanout = send_each, link: ClusterLink | None = None) -> None:
+    def __init__(
+        self,
+        fanout: Fanout = send_each,
+        link: ClusterLink | None = None,
+        default_room: str = "lobby",
+        max_rooms: int = 1000,
+        history_lines: int = 0,
+    ) -> None:
         self._fanout = fanout
         self.link = link
+        self.rooms = Rooms(default_room, max_rooms, history_lines)
+        self._address: dict[Member, str] = {}  # for bans
         self._by_key: dict[str, _Entry] = {}  # dict order is join order
         self._key_of: dict[Member, str] = {}
-        # Names being claimed in the cluster right now: a second client of this node that
-        # asks for one meanwhile is told it is taken, instead of overwriting the claim.
-        self._claiming: set[str] = set()
+        # Names being claimed or released in the cluster right now.  A client of this node
+        # who asks for one meanwhile is told it is taken: two operations of one node on one
+        # name, on two Redis connections, could reach Redis in either order, and a release
+        # that lands after another member's claim deletes it (or a second claim overwrites
+        # the first one's spelling).  One at a time, the cluster sees them in order.
+        self._pending: set[str] = set()
 
     def _taken_here(self, key: str, member: Member | None = None) -> bool:
         entry = self._by_key.get(key)
-        return key in self._claiming or (entry is not None and entry.member is not member)
+        return key in self._pending or (entry is not None and entry.member is not member)
 
-    def join(self, member: Member, name: str) -> bool:
+    def join(self, member: Member, name: str, address: str = "") -> bool:
         key = name_key(name)
         if self._taken_here(key):
             return False
@@ -121,6 +136,8 @@ class ChatRoom:
             return False
         self._by_key[key] = _Entry(member, name, stamp, stamp)
         self._key_of[member] = key
+        self._address[member] = address
+        self.rooms.place(member)
         return True
 
     def rename(self, member: Member, new_name: str) -> bool:
@@ -137,33 +154,53 @@ class ChatRoom:
         entry.name, entry.order = new_name, stamp
         self._by_key[new_key] = entry
         self._key_of[member] = new_key
-        if self.link is not None:
-            if new_key == old_key:
-                self.link.claim(new_key, new_name, stamp)  # the new spelling
-            else:
-                # After the claim, on the same greenlet: the cluster sees the user's
-                # renames in the order they made them.
-                self.link.release(old_key)
+        if new_key == old_key:
+            self._claim(new_key, new_name, stamp)  # the new spelling, held already
+        else:
+            # After the claim, on the same greenlet: the cluster sees the user's renames in
+            # the order they made them.
+            self._release(old_key)
         return True
 
     def _claim(self, key: str, name: str, stamp: int) -> bool:
         if self.link is None:
             return True
-        self._claiming.add(key)
+        self._pending.add(key)
         try:
             return self.link.claim(key, name, stamp)
         finally:
-            self._claiming.discard(key)
+            self._pending.discard(key)
 
-    def leave(self, member: Member) -> None:
+    def _release(self, key: str) -> None:
+        if self.link is None:
+            return
+        self._pending.add(key)
+        try:
+            self.link.release(key)
+        finally:
+            self._pending.discard(key)
+
+    def leave(self, member: Member) -> bool:
+        """``member`` goes; False when they had gone already (kicked, or never named)."""
         key = self._key_of.pop(member, None)
-        if key is not None:
-            del self._by_key[key]
-            if self.link is not None:
-                self.link.release(key)
+        self.rooms.leave(member)
+        self._address.pop(member, None)
+        if key is None:
+            return False
+        del self._by_key[key]
+        self._release(key)
+        return True
 
-    def names(self) -> list[str]:
-        """Everyone's names in join order (the whole cluster's when it is reachable)."""
+    def names(self, room: str | None = None) -> list[str]:
+        """The names in ``room`` in arrival order, operators marked ``@``; without a room,
+        everyone's names in join order (the whole cluster's when it is reachable)."""
+        if room is not None:
+            operators = self.rooms.operators
+            return [
+                ("@" if member in operators else "") + self._by_key[self._key_of[member]].name
+                for member in self.rooms.members(room)
+                if member in self._key_of
+            ]
         local = [entry.name for entry in self._by_key.values()]
         cluster = self.link.names() if self.link is not None else None
         if cluster is None:
@@ -179,12 +216,68 @@ class ChatRoom:
         """(key, name, join-order stamp) of every member of this node's room."""
         return [(key, entry.name, entry.order) for key, entry in self._by_key.items()]
 
-    def publish(self, text: str, exclude: Member | None = None) -> None:
-        """``text`` to every member but ``exclude``, on every node."""
+    def publish(
+        self, room: str, text: str, exclude: Member | None = None, keep: bool = False
+    ) -> None:
+        """``text`` to everyone in ``room`` but ``exclude``, on every node; ``keep``: a line
+        for the room's history."""
         data = text.encode("utf-8", "surrogateescape")
-        self._fanout([e.member for e in self._by_key.values() if e.member is not exclude], data)
+        self._fanout([m for m in self.rooms.members(room) if m is not exclude], data)
+        if keep:
+            self.rooms.record(room, text)
         if self.link is not None:
             self.link.publish(RoomLine(text, time.time_ns()))
+
+    # -- rooms ----------------------------------------------------------------------------
+
+    def room_of(self, member: Member) -> str:
+        return self.rooms.room_of(member)
+
+    def enter(self, member: Member, room: str) -> tuple[Entered, str]:
+        return self.rooms.enter(member, room)
+
+    def listing(self) -> list[tuple[str, int]]:
+        return self.rooms.listing()
+
+    def topic(self, room: str) -> str | None:
+        return self.rooms.topic(room)
+
+    def set_topic(self, room: str, text: str) -> None:
+        self.rooms.set_topic(room, text)
+
+    def history(self, room: str) -> list[tuple[int, str]]:
+        return self.rooms.history(room)
+
+    # -- operators ------------------------------------------------------------------------
+
+    def make_operator(self, member: Member) -> None:
+        self.rooms.operators.add(member)
+
+    def remove(self, name: str, removal: Removal) -> str | None:
+        """Kick (and ban, with ``ban_minutes``) the holder of ``name``: they are told why
+        and closed, their room is told instead of a leave notice; their name, or None."""
+        entry = self._by_key.get(name_key(name))
+        if entry is None:
+            return None
+        member, held = entry.member, entry.name
+        room = self.rooms.room_of(member)
+        address = self._address.get(member, "")
+        member.send(removal.to_them())
+        self.leave(member)  # removed now: their session's own end announces nothing
+        member.close("kicked" if removal.ban_minutes is None else "banned")
+        if removal.ban_minutes is not None and address:
+            self.rooms.ban(address, removal.ban_minutes)
+        self.publish(room, removal.to_room(held), exclude=member)
+        return held
+
+    def is_banned(self, address: str) -> bool:
+        return self.rooms.is_banned(address)
+
+    def bans(self) -> list[tuple[str, float]]:
+        return self.rooms.bans()
+
+    def unban(self, address: str) -> bool:
+        return self.rooms.unban(address)
 
     def send_to(self, name: str, text: str) -> str | None:
         """``text`` to the holder of ``name`` (on any node); their name, or None."""
@@ -216,11 +309,16 @@ class Registry:
     """Every client connected to one server, and delivery to them (on every node of the
     cluster, when a link is attached)."""
 
-    def __init__(self, fanout: Fanout = send_each, link: ClusterLink | None = None) -> None:
+    def __init__(
+        self,
+        fanout: Fanout = send_each,
+        link: ClusterLink | None = None,
+        room: ChatRoom | None = None,
+    ) -> None:
         self._members: dict[Member, None] = {}
         self._fanout = fanout
         self.link = link
-        self.room = ChatRoom(fanout, link)
+        self.room = room if room is not None else ChatRoom(fanout, link)
 
     def add(self, member: Member) -> None:
         self._members[member] = None

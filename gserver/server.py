@@ -34,7 +34,7 @@ from gserver.counters import Snapshot, Stats, add_traffic
 from gserver.handshake import prepare
 from gserver.listener import Acceptor, StartError, open_listener, raise_open_file_limit, tune
 from gserver.logs import get_logger
-from gserver.registry import ClusterLink, Registry
+from gserver.registry import ChatRoom, ClusterLink, Registry
 from gserver.settings import IDLE_TIMEOUT_FOR_HANDLERS, Settings, SettingsError
 from gserver.sweeper import sweep_forever
 from gserver.tls import make_context
@@ -119,7 +119,8 @@ class Server:
         self.companions = list(companions)
         self.front = front
         self.log = log if log is not None else get_logger()
-        self.registry = Registry(send_to_all, link)
+        chat = ChatRoom(send_to_all, link, s.default_room, s.max_rooms, s.history_lines)
+        self.registry = Registry(send_to_all, link, chat)
         self.stats = Stats()
         # The handler's own default when none is set: a built-in mode's function carries
         # its mode's (chat: 600 s); any other handler gets the handlers' default.

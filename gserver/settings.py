@@ -131,6 +131,26 @@ class Settings:
         default=None,
         metadata=_help("serve Prometheus /metrics and /healthz on this port (worker k: +k)"),
     )
+    default_room: str = field(
+        default="lobby",
+        metadata=_help("the chat room everyone starts in (written #lobby)"),
+    )
+    max_rooms: int = field(
+        default=1000, metadata=_help("chat rooms with anyone in them at once, the default included")
+    )
+    history_lines: int = field(
+        default=0,
+        metadata=_help(
+            "lines each chat room keeps and shows to whoever enters it (0 = off, as in the seed)"
+        ),
+    )
+    oper_password: str | None = field(
+        default=None,
+        metadata=_help(
+            "hash of the chat operators' password (python -m gserver hash-password); "
+            "unset: nobody can become an operator"
+        ),
+    )
     web_port: int | None = field(
         default=None,
         metadata=_help(
@@ -334,6 +354,27 @@ def _check_web(s: Settings) -> None:
         ) from None
 
 
+def _check_chat(s: Settings) -> None:
+    from gserver.protocol.rooms import room_display
+
+    if room_display(s.default_room) is None:
+        raise SettingsError(
+            "default_room",
+            f"must be 1-32 letters, digits, - _ or . (with or without #), got {s.default_room!r}",
+        )
+    _require_non_negative("history_lines", s.history_lines)
+    if s.max_rooms < 1:
+        raise SettingsError("max_rooms", f"must be at least 1, got {s.max_rooms}")
+    if s.oper_password is not None:
+        from gserver.protocol.passwords import PasswordHashError, parse
+
+        try:
+            parse(s.oper_password)
+        except PasswordHashError as exc:
+            # Not what it got: that may be the password itself, pasted by mistake.
+            raise SettingsError("oper_password", f"{exc}, got something else") from None
+
+
 def web_origin_list(text: str) -> list[str]:
     """``web_origins`` as a list: comma- or space-separated origins."""
     return [part for part in text.replace(",", " ").split() if part]
@@ -351,6 +392,7 @@ _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_cluster,
     _check_reload,
     _check_web,
+    _check_chat,
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

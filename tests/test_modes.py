@@ -112,7 +112,7 @@ def test_chat_session_as_in_the_seed(start_server) -> None:
     assert bob.read_until("/quit - Exit chat\n") == (
         "Commands:\n/users - View user list\n/help - Show help\n/quit - Exit chat\n"
     )
-    bob.read_until("/nick NAME - Change your name\n")
+    bob.read_until("/bans - List the bans (operators)\n")
     bob.send_line("/wat")
     assert bob.read_line() == "Unknown command. Type /help for help\n"
     bob.send_line("/quit")
