@@ -33,7 +33,7 @@ from gserver import compat
 from gserver.protocol.framing import LINE_TOO_LONG, Frame, ReceiveBuffer
 from gserver.protocol.limits import TokenBucket
 from gserver.protocol.telnet import TelnetFilter
-from gserver.protocol.text import decode
+from gserver.protocol.text import decode, loggable
 
 if TYPE_CHECKING:
     from gserver.counters import Stats
@@ -318,6 +318,11 @@ class Connection:
         return self._log
 
     @property
+    def ip(self) -> str:
+        """The client's address without its port (IPv6 without brackets)."""
+        return format_peer(self.address).rpartition(":")[0].strip("[]")
+
+    @property
     def peer(self) -> str:
         """The client as ``host:port`` (``[host]:port`` for IPv6)."""
         return format_peer(self.address)
@@ -364,7 +369,8 @@ class Connection:
         log_lines = context.log_debug
         stats = context.stats
         buffer = self._receive_buffer()
-        take_line, feed, receive = buffer.take_line, buffer.feed, self._receive
+        take_line, feed_and_take_line = buffer.take_line, buffer.feed_and_take_line
+        receive = self._receive
         # Reads happen right here, not in a nested generator: a parked greenlet's saved
         # stack is as shallow as it can be.
         telnet: TelnetFilter | None = None
@@ -381,9 +387,10 @@ class Connection:
                     break
                 if messages_are_lines and not chunk.endswith(b"\n"):
                     chunk += b"\n"
-                # Telnet commands start with byte 255, which valid UTF-8 never holds.
+                # Telnet commands start with byte 255, which valid UTF-8 never holds.  (An
+                # int is searched for with memchr; ``b"\xff" in`` first fails as an int.)
                 # A message a user typed (WebSocket) is never telnet, whatever its bytes.
-                if (telnet is not None or b"\xff" in chunk) and not messages_are_lines:
+                if (telnet is not None or 255 in chunk) and not messages_are_lines:
                     telnet = telnet or TelnetFilter()
                     filtered = telnet.feed(chunk)
                     chunk, interrupted = filtered.data, filtered.interrupted
@@ -391,8 +398,9 @@ class Connection:
                         self.send(filtered.reply)
                     if telnet.idle:
                         telnet = None
-                feed(chunk)
-                continue
+                frame = feed_and_take_line(chunk, limit)
+                if frame is None:
+                    continue
             if self.state is not _OPEN:
                 return
             # An over-long line is a line for flood control too: otherwise it would be a
@@ -405,10 +413,10 @@ class Connection:
                 self._warn_line_too_long(limit)
                 self.send(f"Error: line too long (max {limit} bytes)\n")
                 continue
-            line = decode(frame)  # type: ignore[arg-type]
+            line = frame.decode("utf-8", "replace")  # type: ignore[union-attr]  # decode()
             stats.lines_in += 1
             if log_lines:
-                self.log.debug("line", text=line)
+                self.log.debug("line", text=loggable(line))
             yield line
         rest = buffer.take_last_line()
         if rest and self.close_reason == CloseReason.CLIENT_CLOSED:
@@ -447,14 +455,24 @@ class Connection:
         """Queue ``data`` for the client; never blocks.  Ignored once the connection closes."""
         if self.state is not _OPEN:
             return
-        if data.__class__ is not bytes:
+        if data.__class__ is str:
+            data = data.encode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+        elif data.__class__ is not bytes:
             if isinstance(data, str):
                 data = data.encode("utf-8", "surrogateescape")
             elif isinstance(data, bytearray | memoryview):
                 data = bytes(data)
             else:
                 raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
-        self._queue_output(data)
+        # _queue_output(data), inlined: this is every reply's path.
+        self._outbox.append(data)  # type: ignore[arg-type]
+        self._queued += len(data)
+        self.messages_out += 1
+        if self._queued > self._max_output:
+            self._over_output_limit()
+        elif not self._flush_scheduled and self._writer is None:
+            self._flush_scheduled = True
+            self._context.flush_queue.add(self)
 
     def _queue_output(self, data: bytes) -> None:
         """Into the outbox as it is (already encoded for the transport), written at the
@@ -573,13 +591,17 @@ class Connection:
                 # The last read emptied the socket: wait for readiness rather than try a
                 # read that would fail (a system call and an exception per message saved).
                 self._drained_input = False
+                watcher = self._read_watcher
+                watcher.start(getcurrent().switch)  # self._wait(watcher), inlined
                 try:
-                    self._wait(self._read_watcher)
+                    self._hub.switch()
                 except _Wakeup:
                     continue
                 except OSError as exc:
                     self._lost(exc)
                     return b""
+                finally:
+                    watcher.stop()
             try:
                 if raw is not None:
                     size = raw.recv_into(_receive_buffer)

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gserver.protocol.framing import LINE_TOO_LONG, Frame, LineFramer
+from gserver.protocol.framing import LINE_TOO_LONG, Frame, LineFramer, ReceiveBuffer
 
 
 def feed_all(chunks: list[bytes], limit: int = 16384) -> list[Frame]:
@@ -100,3 +100,37 @@ def test_any_split_gives_the_same_lines_as_the_whole_stream(
     data: bytes, points: list[int], limit: int
 ) -> None:
     assert feed_all(cut(data, points), limit) == reference_frames(data, limit)
+
+
+def take_all_as_lines_does(chunks: list[bytes], limit: int) -> list[Frame]:
+    """What ``Connection.lines()`` takes: each chunk fed and its first line taken in one
+    call (nothing held when the chunk is exactly one line), then the rest line by line."""
+    buffer = ReceiveBuffer()
+    frames: list[Frame] = []
+    for chunk in chunks:
+        frame = buffer.feed_and_take_line(chunk, limit)
+        while frame is not None:
+            frames.append(frame)
+            frame = buffer.take_line(limit)
+    return frames
+
+
+def test_a_chunk_of_exactly_one_line_is_taken_without_being_held() -> None:
+    buffer = ReceiveBuffer()
+    assert buffer.feed_and_take_line(b"hello\r\n", 10) == b"hello"
+    assert len(buffer) == 0
+    assert buffer.feed_and_take_line(b"\n", 10) == b""
+    assert buffer.feed_and_take_line(b"x" * 11 + b"\n", 10) is LINE_TOO_LONG
+    assert buffer.feed_and_take_line(b"one\ntwo\nthr", 10) == b"one"
+    assert buffer.take_line(10) == b"two"
+    assert buffer.take_line(10) is None
+    assert buffer.feed_and_take_line(b"ee\n", 10) == b"three"
+
+
+@given(
+    data=stream, points=st.lists(st.integers(min_value=0), max_size=20), limit=st.integers(1, 10)
+)
+def test_feeding_and_taking_in_one_call_gives_the_same_lines(
+    data: bytes, points: list[int], limit: int
+) -> None:
+    assert take_all_as_lines_does(cut(data, points), limit) == reference_frames(data, limit)

@@ -74,6 +74,8 @@ class ReceiveBuffer:
         """The next whole line without its ending; None until one has arrived;
         LINE_TOO_LONG (once) for a line of more than ``limit`` bytes."""
         data, start = self._data, self._start
+        if not data:  # nothing held (the read offset is 0 then): no search needed
+            return None
         newline = data.find(b"\n", start)
         if newline < 0:
             held = len(data) - start
@@ -87,6 +89,19 @@ class ReceiveBuffer:
             self._take(newline, 1)
             return LINE_TOO_LONG
         return self._take(stop, newline + 1 - stop)
+
+    def feed_and_take_line(self, data: bytes, limit: int) -> Frame | None:
+        """:meth:`feed`, then :meth:`take_line`: in one call, and without holding ``data``
+        at all when it is exactly one line and nothing is held (an interactive client's
+        every read)."""
+        if not self._data and not self._discarding:
+            end = len(data) - 1
+            if end >= 0 and data.find(b"\n") == end:
+                stop = end - 1 if end and data[end - 1] == 13 else end
+                if stop <= limit:
+                    return data[:stop]
+        self.feed(data)
+        return self.take_line(limit)
 
     def take_exactly(self, count: int) -> bytes | None:
         """Exactly ``count`` bytes, or None until that many have arrived."""
