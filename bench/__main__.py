@@ -23,7 +23,7 @@ from bench.procs import (
 from bench.report import chart, markdown, stdout_summary
 from bench.scenarios import Config, run_scenario, scenarios
 
-ALL = ("echo", "chat", "cluster", "idle", "startup")
+ALL = ("echo", "chat", "cluster", "idle", "startup", "kv")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="about 1 s per run, 1 round, 500 idle and 100 chat clients (for CI)",
+        help="about 1 s per run, 1 round, 500 idle and 100 chat clients, 20,000 kv requests "
+        "(for CI)",
     )
     p.add_argument(
         "--scenarios",
@@ -71,6 +72,7 @@ def config(ns: argparse.Namespace) -> Config:
             chat_quiet=0.5,
             idle_conns=500,
             idle_settle=0.3,
+            kv_requests=20_000,
             quick=True,
         )
         if ns.quick

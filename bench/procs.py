@@ -102,6 +102,8 @@ class ServerSpec:
     # server counts as ready once this many processes subscribe to ``redis_channel``.
     redis_subscribers: int = 0
     redis_channel: str = "gserver:events"
+    # Sent on connecting, for servers that greet nobody (Redis): ready once answered.
+    probe: bytes = b""
 
     def command(self, port: int, redis_port: int | None = None) -> list[str]:
         argv = [a.replace("{port}", str(port)) for a in self.argv]
@@ -198,6 +200,37 @@ def node(script: str) -> ServerSpec:
         cwd=REFERENCE,
         is_node=True,
     )
+
+
+def gserver_kv(cwd: Path = REPO) -> ServerSpec:
+    """examples/kv.py (the Redis-protocol example) served by ``python -m gserver``; the
+    example is taken from this repository even when gserver/ is an older export."""
+    return ServerSpec(
+        key="gserver-kv",
+        label="gserver examples.kv:handle",
+        argv=(sys.executable, "-m", "gserver", "--handler", "examples.kv:handle", *GSERVER_FLAGS),
+        greeting_end=b"+PONG\r\n",
+        env=(("PYTHONPATH", str(REPO)),),
+        cwd=cwd,
+        probe=b"PING\r\n",
+    )
+
+
+REDIS_SERVER = ServerSpec(
+    key="redis-server",
+    label="redis-server",
+    argv=(*redis_argv("{port}"), "--loglevel", "warning"),
+    greeting_end=b"+PONG\r\n",
+    probe=b"PING\r\n",
+)
+
+
+def redis_benchmark_available() -> str | None:
+    """Why the kv scenario cannot run, or None when it can."""
+    missing = [p for p in ("redis-benchmark", "redis-server") if shutil.which(p) is None]
+    if missing:
+        return f"{' and '.join(f'`{m}`' for m in missing)} not on PATH (Debian: redis-tools)"
+    return None
 
 
 THREADED = ServerSpec(
@@ -313,10 +346,12 @@ def _wait_subscribers(run: Running) -> None:
         time.sleep(0.01)
 
 
-def greet(port: int, end: bytes, timeout: float = 10.0) -> float:
-    """Connect, read the greeting up to ``end``; return the seconds it took."""
+def greet(port: int, end: bytes, timeout: float = 10.0, probe: bytes = b"") -> float:
+    """Connect, send ``probe`` (if any), read up to ``end``; return the seconds it took."""
     t0 = time.perf_counter()
     with socket.create_connection((HOST, port), timeout=timeout) as s:
+        if probe:
+            s.sendall(probe)
         data = b""
         while end not in data:
             chunk = s.recv(4096)
@@ -336,7 +371,7 @@ def _wait_ready(run: Running, t0: float) -> float:
                 + tail(run.log_path)
             )
         try:
-            greet(run.port, run.spec.greeting_end, timeout=5.0)
+            greet(run.port, run.spec.greeting_end, timeout=5.0, probe=run.spec.probe)
             return time.perf_counter() - t0
         except (ConnectionRefusedError, ConnectionResetError):
             if time.perf_counter() > deadline:

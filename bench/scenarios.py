@@ -1,4 +1,4 @@
-"""The scenarios (echo, chat, cluster, idle, startup): which servers, what is measured, how.
+"""The scenarios (echo, chat, cluster, idle, startup, kv): which servers, what is measured, how.
 
 Each scenario runs its servers alternately (A B A B ...) for ``rounds`` rounds; one run is
 one fresh server process measured by one loadgen process, both bounded in time.
@@ -7,6 +7,7 @@ one fresh server process measured by one loadgen process, both bounded in time.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import selectors
 import statistics
@@ -23,6 +24,7 @@ from bench.procs import (
     BARE_GEVENT,
     C_ECHO,
     HOST,
+    REDIS_SERVER,
     THREADED,
     BenchError,
     Running,
@@ -31,8 +33,10 @@ from bench.procs import (
     established_inodes,
     greet,
     gserver,
+    gserver_kv,
     gserver_workers,
     node,
+    redis_benchmark_available,
     serve,
     tree_cpu_secs,
 )
@@ -53,6 +57,9 @@ class Config:
     chat_quiet: float = 2.0
     idle_conns: int = 10000
     idle_settle: float = 1.0
+    kv_requests: int = 200_000  # redis-benchmark -n without pipelining (4 times that with)
+    kv_clients: int = 50
+    kv_pipeline: int = 16
     quick: bool = False
 
 
@@ -324,6 +331,43 @@ def measure_startup(run: Running, cfg: Config, loadgen: Path) -> Metrics:
     return {"startup_ms": run.startup_secs * 1000, "rss_mib": rss_bytes(run.pid) / 2**20}
 
 
+# -- kv: redis-benchmark ------------------------------------------------------------------
+
+# redis-benchmark's test names -> our metric prefixes; PING_MBULK is PING as clients send it.
+KV_TESTS = {"PING_INLINE": "ping_inline", "PING_MBULK": "ping", "SET": "set", "GET": "get"}
+
+
+def run_redis_benchmark(run: Running, cfg: Config, requests: int, pipeline: int) -> Metrics:
+    """``redis-benchmark -t ping,set,get`` with keys spread over 100,000 (``-r``); its CSV
+    gives requests/s and latency percentiles per test."""
+    cmd = ["redis-benchmark", "-h", HOST, "-p", str(run.port), "-t", "ping,set,get"]
+    cmd += ["-c", str(cfg.kv_clients), "-n", str(requests), "-P", str(pipeline)]
+    cmd += ["-r", "100000", "--csv"]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60 + requests / 500)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"redis-benchmark -P {pipeline} did not finish in time") from None
+    rows = {row["test"]: row for row in csv.DictReader(result.stdout.splitlines())}
+    if result.returncode != 0 or not set(KV_TESTS) <= set(rows):
+        raise BenchError(
+            f"redis-benchmark exited {result.returncode}: {result.stderr.strip()[-300:]}"
+        )
+    suffix = "" if pipeline == 1 else f"_p{pipeline}"
+    metrics: Metrics = {}
+    for test, name in KV_TESTS.items():
+        metrics[f"{name}{suffix}_rps"] = float(rows[test]["rps"])
+        metrics[f"{name}{suffix}_p99_ms"] = float(rows[test]["p99_latency_ms"])
+    return metrics
+
+
+def measure_kv(run: Running, cfg: Config, loadgen: Path) -> Metrics:
+    cpu0, t0 = cpu_seconds(run.pid), time.perf_counter()
+    metrics = run_redis_benchmark(run, cfg, cfg.kv_requests, 1)
+    metrics["server_cpu_pct"] = (cpu_seconds(run.pid) - cpu0) / (time.perf_counter() - t0) * 100
+    metrics.update(run_redis_benchmark(run, cfg, cfg.kv_requests * 4, cfg.kv_pipeline))
+    return metrics
+
+
 # -- definitions --------------------------------------------------------------------------
 
 Measure = Callable[[Running, Config, Path], Metrics]
@@ -338,6 +382,8 @@ class Scenario:
     columns: list[Column]
     ratios: list[Ratio]
     needs_redis: bool = False
+    # Why the scenario cannot run here (a program missing), or None: then it is skipped.
+    requires: Callable[[], str | None] | None = None
 
 
 def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
@@ -519,6 +565,40 @@ def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
             ],
             [Ratio("startup time", "gserver-basic", "node-basic", "startup_ms", "lower")],
         ),
+        "kv": Scenario(
+            "kv",
+            "Key-value: redis-benchmark -t ping,set,get -c {kv_clients} -n {kv_requests} "
+            "(then -P {kv_pipeline}, 4 times as many) against examples/kv.py on gserver and "
+            "against redis-server",
+            [gserver_kv(cwd=gserver_cwd), REDIS_SERVER],
+            measure_kv,
+            [
+                Column("ping_inline_rps", "PING inline req/s"),
+                Column("ping_rps", "PING req/s"),
+                Column("set_rps", "SET req/s"),
+                Column("get_rps", "GET req/s"),
+                Column("set_p99_ms", "SET p99 ms", "{:,.2f}"),
+                Column("get_p99_ms", "GET p99 ms", "{:,.2f}"),
+                Column("server_cpu_pct", "server CPU %"),
+                Column("ping_p16_rps", "-P 16: PING req/s"),
+                Column("set_p16_rps", "-P 16: SET req/s"),
+                Column("get_p16_rps", "-P 16: GET req/s"),
+            ],
+            [
+                Ratio(
+                    f"kv vs redis-server: {label}", "gserver-kv", "redis-server", metric, "higher"
+                )
+                for label, metric in [
+                    ("PING req/s", "ping_rps"),
+                    ("SET req/s", "set_rps"),
+                    ("GET req/s", "get_rps"),
+                    ("PING req/s, -P 16", "ping_p16_rps"),
+                    ("SET req/s, -P 16", "set_p16_rps"),
+                    ("GET req/s, -P 16", "get_p16_rps"),
+                ]
+            ],
+            requires=redis_benchmark_available,
+        ),
     }
 
 
@@ -561,6 +641,12 @@ def run_scenario(
 ) -> ScenarioResult:
     specs = [s for s in sc.specs if not (s.is_node and skip_node)]
     title = sc.title.format(**vars(cfg))
+    missing = sc.requires() if sc.requires is not None else None
+    if missing:
+        result = ScenarioResult(sc.name, title, [], sc.columns, sc.ratios)
+        result.notes.append(f"Scenario skipped: {missing}.")
+        print(f"[bench] NOTE: {sc.name} skipped: {missing}", file=sys.stderr, flush=True)
+        return result
     if sc.needs_redis and skip_redis:
         result = ScenarioResult(sc.name, title, [], sc.columns, sc.ratios)
         result.notes.append(f"Scenario skipped: {skip_redis}, so there is no Redis backplane.")
