@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gserver.testing.probes import free_port
 from gserver.testing.process import WAIT, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+REDIS_SERVER = shutil.which("redis-server")
 
 
 def gserver_command(*args: str) -> list[str]:
@@ -153,3 +158,72 @@ def chat_join(port: int, name: str) -> Client:
     client.send_line(name)
     assert client.read_line() == f"Welcome {name}!\n"
     return client
+
+
+# -- a real redis-server, for the cluster tests (test_cluster.py, test_cluster_faults.py) --
+
+
+class Redis:
+    """A throwaway redis-server on a loopback port, which a test may kill and restart."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def hang(self) -> None:
+        """Stop answering without closing anything, as in a network partition."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    server = Redis(tmp_path)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.resume()
+        server.kill()
