@@ -21,7 +21,14 @@ from gserver.protocol.cluster import (
 )
 
 nodes = st.text(st.characters(blacklist_characters="|\n", blacklist_categories=("Cs",)), min_size=1)
-texts = st.text(st.characters(blacklist_categories=("Cs",)))
+# Texts as clients' lines become texts: any character, and the surrogate escapes that
+# stand for bytes that were not UTF-8 (U+DC80-U+DCFF), even two that look like UTF-8.
+texts = st.text(
+    st.one_of(
+        st.characters(blacklist_categories=("Cs",)),
+        st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
+    )
+)
 events = st.one_of(
     st.builds(RoomLine, texts, st.integers(min_value=0, max_value=2**63)),
     st.builds(Direct, texts, texts),
@@ -40,6 +47,35 @@ def test_a_message_round_trips(node: str, batch: list) -> None:
 def test_bytes_that_are_not_utf8_cross_intact() -> None:
     payload = b"\xff\xfe not text \x00\x80"
     assert decode_message(encode_message("n1", [ToAll(payload)]))[1] == [ToAll(payload)]
+
+
+def test_escaped_bytes_in_text_come_back_as_they_went() -> None:
+    # Two escapes that spell UTF-8 for "é": surrogateescape would have merged them.
+    text = "caf\udcc3\udca9"
+    assert decode_message(encode_message("n1", [RoomLine(text, 1)]))[1] == [RoomLine(text, 1)]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        RoomLine("\ud800 a lone high surrogate", 1),
+        Direct("bob", "\udbff"),
+        Direct("bob", b"bytes where text goes"),  # type: ignore[arg-type]
+        ToAll("text where bytes go"),  # type: ignore[arg-type]
+        RoomLine("text", "not a stamp"),  # type: ignore[arg-type]
+    ],
+)
+def test_an_event_no_node_could_deliver_is_refused_when_encoded(event: object) -> None:
+    with pytest.raises(ClusterCodecError):
+        encode_message("n1", [event])  # type: ignore[list-item]
+
+
+def test_nesting_deeper_than_the_stack_is_one_clear_error() -> None:
+    with pytest.raises(ClusterCodecError):
+        decode_message(b"n1\n" + b"[" * 100_000)
+    deep_kind = b"[" * 900 + b"]" * 900
+    with pytest.raises(ClusterCodecError):
+        decode_message(b"n1\n[[" + deep_kind + b", 1]]")
 
 
 @given(st.binary(max_size=300))
@@ -67,6 +103,10 @@ def test_anything_malformed_is_one_clear_error(raw: bytes) -> None:
         b'n1\n[["b", "!!!"]]',
         b'n1\n[["zz", 1]]',
         b"n1\n[5]",
+        b'n1\n[["r", "\\ud800", 1]]',  # a text no node could deliver
+        b'n1\n[["d", "bob", "\\udfff"]]',
+        b'n1\n[["a", "\\ud800"]]',  # "a" is for UTF-8 payloads
+        b"n1\n\xff[]",  # not UTF-8
     ],
 )
 def test_each_kind_of_malformed_message_is_refused(raw: bytes) -> None:

@@ -65,27 +65,46 @@ def node_prefix(node: str) -> bytes:
 
 def _encode_event(event: Event) -> list[object]:
     if isinstance(event, RoomLine):
-        return ["r", event.text, event.stamp]
+        return ["r", _deliverable(event.text), _integer(event.stamp)]
     if isinstance(event, Direct):
-        return ["d", event.key, event.text]
+        return ["d", _text(event.key), _deliverable(event.text)]
     if isinstance(event, ToAll):
+        if not isinstance(event.data, bytes):
+            raise ClusterCodecError(f"expected bytes, got {type(event.data).__name__}")
         try:
             return ["a", event.data.decode("utf-8")]
         except UnicodeDecodeError:
             return ["b", base64.b64encode(event.data).decode("ascii")]
-    return ["c", event.count]
+    if isinstance(event, ClientCount):
+        return ["c", _integer(event.count)]
+    raise ClusterCodecError(f"not an event: {type(event).__name__}")
 
 
 def encode_message(node: str, events: Sequence[Event]) -> bytes:
-    """One message carrying ``events`` from ``node``."""
+    """One message carrying ``events`` from ``node``; :class:`ClusterCodecError` for an
+    event that no node could deliver (see :func:`_deliverable`), or of the wrong types."""
     body = json.dumps([_encode_event(e) for e in events], ensure_ascii=False)
-    return node_prefix(node) + body.encode("utf-8", "surrogateescape")
+    # surrogatepass: the surrogate escapes that stand for undecodable bytes in a text come
+    # back as they were (surrogateescape would turn two of them into one other character).
+    return node_prefix(node) + body.encode("utf-8", "surrogatepass")
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise ClusterCodecError(f"expected text, got {type(value).__name__}")
     return value
+
+
+def _deliverable(value: object) -> str:
+    """Text that a node can send to its clients: encodable as delivery encodes it (UTF-8,
+    with surrogate escapes for the bytes that were not).  A lone surrogate of any other kind
+    could only end the part that tried to deliver it."""
+    text = _text(value)
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ClusterCodecError(f"undeliverable text: {exc.reason}") from None
+    return text
 
 
 def _integer(value: object) -> int:
@@ -100,11 +119,14 @@ def _decode_event(item: object) -> Event:
     kind = item[0]
     fields = item[1:]
     if kind == "r" and len(fields) == 2:
-        return RoomLine(_text(fields[0]), _integer(fields[1]))
+        return RoomLine(_deliverable(fields[0]), _integer(fields[1]))
     if kind == "d" and len(fields) == 2:
-        return Direct(_text(fields[0]), _text(fields[1]))
+        return Direct(_text(fields[0]), _deliverable(fields[1]))
     if kind == "a" and len(fields) == 1:
-        return ToAll(_text(fields[0]).encode("utf-8", "surrogateescape"))
+        try:
+            return ToAll(_text(fields[0]).encode("utf-8"))
+        except UnicodeEncodeError:  # "a" is for payloads that are UTF-8; others are "b"
+            raise ClusterCodecError("a lone surrogate in a UTF-8 payload") from None
     if kind == "b" and len(fields) == 1:
         try:
             return ToAll(base64.b64decode(_text(fields[0]), validate=True))
@@ -112,7 +134,9 @@ def _decode_event(item: object) -> Event:
             raise ClusterCodecError(f"bad Base64 payload: {exc}") from None
     if kind == "c" and len(fields) == 1:
         return ClientCount(_integer(fields[0]))
-    raise ClusterCodecError(f"unknown event {str(kind)[:20]!r} with {len(fields)} fields")
+    # Named by type unless text: the repr of a deeply nested kind could overflow the stack.
+    what = repr(kind[:20]) if isinstance(kind, str) else type(kind).__name__
+    raise ClusterCodecError(f"unknown event {what} with {len(fields)} fields")
 
 
 def decode_message(raw: bytes) -> tuple[str, list[Event]]:
@@ -121,9 +145,11 @@ def decode_message(raw: bytes) -> tuple[str, list[Event]]:
     if not separator or not node:
         raise ClusterCodecError("no sending node before the events")
     try:
-        items = json.loads(body.decode("utf-8", "surrogateescape"))
-    except ValueError as exc:
+        items = json.loads(body.decode("utf-8", "surrogatepass"))
+    except ValueError as exc:  # including bytes that are not UTF-8
         raise ClusterCodecError(f"events are not JSON: {exc}") from None
+    except RecursionError:  # arrays nested deeper than Python's recursion limit
+        raise ClusterCodecError("events are nested too deep") from None
     if not isinstance(items, list):
         raise ClusterCodecError("events must be a JSON array")
     return node.decode("utf-8", "replace"), [_decode_event(item) for item in items]
