@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import gevent
+import gevent.event
 import redis
 from gevent.queue import Full, Queue
 
@@ -43,6 +44,7 @@ NODE_TTL = 6  # seconds: a node silent this long is gone, and so are its users
 QUEUE_LIMIT = 10_000  # events waiting for Redis; past it, the newest are dropped
 BATCH_EVENTS = 500  # events carried by one PUBLISH at most
 BACKOFF_MAX = 10.0
+FIRST_ATTEMPT_WAIT = 5.0  # seconds a claim waits, as the node starts, for Redis to answer
 RESTART_PAUSE = 1.0  # before a part of the backplane that crashed is started again
 PRUNE_EVERY_BEATS = 15  # about every 30 s
 POOL_SIZE = 32  # Redis connections per process (the subscriber holds one of its own)
@@ -51,44 +53,41 @@ REDIS_ERRORS = (redis.RedisError, OSError)
 _COUNT = object()  # in the publishing queue: this node's count has changed
 
 # The names hash maps a name's key to its holders, one "node|stamp|name" per line (see
-# protocol/cluster.py).  Claim a name unless a live node other than ours holds it.
-_CLAIM = r"""
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current then
-  for entry in string.gmatch(current, '[^\n]+') do
-    local node = string.match(entry, '^([^|]*)|')
-    if node ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. node) == 1 then return 0 end
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-# Hold a name again after an outage, beside any other live holder (a split let both take
-# it): 0 when there is such a conflict.
-_REANNOUNCE = r"""
+# protocol/cluster.py).  Hold a name for this node (ARGV[4]): its entry replaces any it had,
+# beside the entries of other live nodes, and dead nodes' entries go.  Unless ARGV[5] is
+# "1" (a re-announcement after an outage, which holds whatever a split did), a name that
+# another live node holds is refused, but not when this node holds it too: a node that
+# holds it already (after a split) may spell it anew.  0: refused; 1: held alone;
+# 2: held beside another live node.
+_HOLD = r"""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local kept = {}
-local conflict = 0
+local ours = false
 if current then
   for entry in string.gmatch(current, '[^\n]+') do
     local node = string.match(entry, '^([^|]*)|')
-    if node ~= ARGV[4] and redis.call('EXISTS', ARGV[3] .. node) == 1 then
+    if node == ARGV[4] then
+      ours = true
+    elseif redis.call('EXISTS', ARGV[3] .. node) == 1 then
       table.insert(kept, entry)
-      conflict = 1
     end
   end
 end
+if #kept > 0 and not ours and ARGV[5] ~= '1' then return 0 end
 table.insert(kept, ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], table.concat(kept, '\n'))
-return 1 - conflict
+if #kept > 1 then return 2 end
+return 1
 """
-# Drop one node's hold on a name; the name goes when nobody holds it any more.
+# Drop node ARGV[2]'s hold on a name; only the hold stamped ARGV[3] when that is given (a
+# prune must not drop a claim made since it looked).  The name goes when nobody holds it.
 _RELEASE = r"""
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then return 0 end
 local kept = {}
 for entry in string.gmatch(current, '[^\n]+') do
-  if string.match(entry, '^([^|]*)|') ~= ARGV[2] then table.insert(kept, entry) end
+  local node, stamp = string.match(entry, '^([^|]*)|([^|]*)|')
+  if node ~= ARGV[2] or (ARGV[3] ~= '' and stamp ~= ARGV[3]) then table.insert(kept, entry) end
 end
 if #kept == 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -135,6 +134,8 @@ class Backplane:
         self._raw: redis.Redis = None  # type: ignore[assignment]
         self._scripts: dict[str, Any] = {}
         self._queue: Queue[Any] | None = None
+        # Set once the first attempt to reach Redis has ended, well or not.
+        self._tried: gevent.event.Event | None = None
         self._registry: Registry | None = None
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -159,13 +160,10 @@ class Backplane:
         self._raw = redis.Redis.from_url(self.url, **options)
         self._scripts = {
             name: self.client.register_script(source)
-            for name, source in (
-                ("claim", _CLAIM),
-                ("reannounce", _REANNOUNCE),
-                ("release", _RELEASE),
-            )
+            for name, source in (("hold", _HOLD), ("release", _RELEASE))
         }
         self._queue = Queue(QUEUE_LIMIT)
+        self._tried = gevent.event.Event()
         self._greenlets = [
             gevent.spawn(self._supervise, "subscriber", self._subscribe_forever),
             gevent.spawn(self._supervise, "publisher", self._publish_forever),
@@ -184,9 +182,7 @@ class Backplane:
                 pipe.hdel(self.counts_key, self.node)
                 pipe.publish(self.channel, encode_message(self.node, [ClientCount(0)]))
                 for key, _, _ in self._registry.room.local_entries():
-                    self._scripts["release"](
-                        keys=[self.names_key], args=[key, self.node], client=pipe
-                    )
+                    self._release(key, self.node, pipe=pipe)
                 pipe.execute()
         except (*REDIS_ERRORS, gevent.Timeout):
             pass
@@ -200,7 +196,7 @@ class Backplane:
             failed_parts=tuple(sorted(self._failed)),
         )
 
-    def _mark(self, up: bool, error: BaseException | None = None) -> None:
+    def _mark(self, up: bool, error: BaseException | str | None = None) -> None:
         """Up or down; logged once per change, by whichever part saw it first."""
         if up and not self.up:
             self.log.info("backplane_up")
@@ -231,6 +227,7 @@ class Backplane:
                 pubsub.subscribe(self.channel)
                 self._announce()
                 self._mark(True)
+                self._tried_once()
                 failures = 0
                 while True:
                     message = pubsub.get_message(timeout=HEARTBEAT_SECONDS)
@@ -241,12 +238,17 @@ class Backplane:
                         self._mark(True)
             except REDIS_ERRORS as exc:
                 self._mark(False, exc)
+                self._tried_once()
                 failures += 1
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     pubsub.close()
             # Back off, so that a dead Redis costs a retry now and then, not a spinning loop.
             gevent.sleep(min(BACKOFF_MAX, 0.25 * 2 ** min(failures, 6)))
+
+    def _tried_once(self) -> None:
+        if self._tried is not None:
+            self._tried.set()
 
     def _publish_forever(self) -> None:
         queue = self._queue
@@ -285,14 +287,28 @@ class Backplane:
         while True:
             if self.up:
                 try:
-                    self.client.set(self.node_key_prefix + self.node, "1", ex=NODE_TTL)
-                    self._refresh_counts()
-                    beats += 1
-                    if beats % PRUNE_EVERY_BEATS == 0:
-                        self._prune()
+                    if self._beat():
+                        self._refresh_counts()
+                        beats += 1
+                        if beats % PRUNE_EVERY_BEATS == 0:
+                            self._prune()
+                    else:
+                        # The other nodes have taken this one for dead (it stalled past
+                        # NODE_TTL, or Redis lost its data) and may have given its users'
+                        # names away: as after an outage, the subscriber announces again.
+                        self._mark(False, "this node's heartbeat had expired")
                 except REDIS_ERRORS as exc:
                     self._mark(False, exc)
             gevent.sleep(HEARTBEAT_SECONDS)
+
+    def _beat(self) -> bool:
+        """Refresh this node's heartbeat; False when it had expired meanwhile."""
+        key = self.node_key_prefix + self.node
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(key)
+        pipe.set(key, "1", ex=NODE_TTL)
+        existed, _ = pipe.execute()
+        return bool(existed)
 
     def _live_nodes(self, nodes: set[str]) -> set[str]:
         ordered = sorted(nodes)
@@ -335,25 +351,51 @@ class Backplane:
         for key, holders in records.items():
             for holder in holders:
                 if holder.node not in alive or (holder.node == self.node and key not in local):
-                    self._scripts["release"](
-                        keys=[self.names_key], args=[key, holder.node], client=pipe
-                    )
+                    self._release(key, holder.node, holder.stamp, pipe)
         for node in set(counts) - alive:
             pipe.hdel(self.counts_key, node)
         pipe.execute()
 
     def _announce(self) -> None:
-        """(Re)publish this node's presence: heartbeat, client count, the names it holds."""
+        """(Re)publish this node's presence: heartbeat, client count, the names it holds.
+
+        Until the caller marks the link up, claims and releases are decided here alone, so
+        joins, renames and quits made while this runs are taken in too: names are announced
+        until a pass finds nothing new, and the caller marks the link up without yielding
+        after it (from then on claims and releases go to Redis as they are made).
+        """
         assert self._registry is not None
+        room = self._registry.room
         self.client.set(self.node_key_prefix + self.node, "1", ex=NODE_TTL)
         self.client.hset(self.counts_key, self.node, len(self._registry))
-        for key, name, stamp in self._registry.room.local_entries():
-            record = encode_holder(Holder(self.node, stamp, name))
-            args = [key, record, self.node_key_prefix, self.node]
-            if not self._scripts["reannounce"](keys=[self.names_key], args=args):
-                self.log.warning("name_conflict", name=name)
         self._refresh_counts()
         self._prune()
+        # What Redis holds for this node now: left alone if still held here, else released.
+        announced: dict[str, tuple[str, int] | None] = {
+            key: None for key, holders in self._held().items() if self._holds(holders)
+        }
+        while True:
+            here = {key: (name, stamp) for key, name, stamp in room.local_entries()}
+            changed = [(key, held) for key, held in here.items() if announced.get(key) != held]
+            gone = [key for key in announced if key not in here]
+            if not changed and not gone:
+                return
+            for key, (name, stamp) in changed:
+                if self._hold(key, name, stamp, insist=True) == 2:
+                    self.log.warning("name_conflict", name=name)
+                announced[key] = (name, stamp)
+            for key in gone:
+                self._release(key, self.node)
+                del announced[key]
+
+    def _holds(self, holders: list[Holder]) -> bool:
+        return any(holder.node == self.node for holder in holders)
+
+    def _hold(self, key: str, name: str, stamp: int, insist: bool = False) -> int:
+        """The hold script's answer: 0 refused, 1 held alone, 2 held beside another node."""
+        record = encode_holder(Holder(self.node, stamp, name))
+        args = [key, record, self.node_key_prefix, self.node, "1" if insist else "0"]
+        return int(self._scripts["hold"](keys=[self.names_key], args=args))
 
     def _receive(self, raw: bytes) -> None:
         if raw.startswith(self._own_prefix):  # our own message: skipped without decoding
@@ -405,12 +447,14 @@ class Backplane:
 
     def claim(self, key: str, name: str, stamp: int) -> bool:
         """Hold ``name`` cluster-wide; True when Redis is away (this node decides alone)."""
+        if not self.up and self._tried is not None and not self._tried.is_set():
+            # The node is starting: Redis may well be there, and another node may hold the
+            # name.  Deciding alone would give it a second holder.
+            self._tried.wait(FIRST_ATTEMPT_WAIT)
         if not self.up:
             return True
-        record = encode_holder(Holder(self.node, stamp, name))
         try:
-            args = [key, record, self.node_key_prefix, self.node]
-            return bool(self._scripts["claim"](keys=[self.names_key], args=args))
+            return self._hold(key, name, stamp) != 0
         except REDIS_ERRORS as exc:
             self._mark(False, exc)
             return True
@@ -425,8 +469,9 @@ class Backplane:
         except REDIS_ERRORS as exc:
             self._mark(False, exc)
 
-    def _release(self, key: str, node: str, pipe: Any = None) -> None:
-        self._scripts["release"](keys=[self.names_key], args=[key, node], client=pipe)
+    def _release(self, key: str, node: str, stamp: int | None = None, pipe: Any = None) -> None:
+        args = [key, node, "" if stamp is None else str(stamp)]
+        self._scripts["release"](keys=[self.names_key], args=args, client=pipe)
 
     def _live_holders(self) -> list[tuple[str, Holder]] | None:
         """(key, holder) of every name held by a live node, in join order."""
