@@ -214,8 +214,13 @@ class Backplane:
                 self._failed.add(part)
                 self.log.exception("backplane_part_failed", part=part)
                 gevent.sleep(RESTART_PAUSE)
-                self._failed.discard(part)
-                self.log.info("backplane_part_restarted", part=part)
+
+    def _working(self, part: str) -> None:
+        """A part does its work (again): a failed one is reported restarted only now, so
+        that /healthz stays 503 until, say, the subscriber is subscribed again."""
+        if part in self._failed:
+            self._failed.discard(part)
+            self.log.info("backplane_part_restarted", part=part)
 
     # -- the parts ------------------------------------------------------------------------
 
@@ -228,6 +233,7 @@ class Backplane:
                 self._announce()
                 self._mark(True)
                 self._tried_once()
+                self._working("subscriber")
                 failures = 0
                 while True:
                     message = pubsub.get_message(timeout=HEARTBEAT_SECONDS)
@@ -253,6 +259,7 @@ class Backplane:
     def _publish_forever(self) -> None:
         queue = self._queue
         assert queue is not None
+        self._working("publisher")
         while True:
             batch = [queue.get()]
             while len(batch) < BATCH_EVENTS and not queue.empty():
@@ -267,9 +274,10 @@ class Backplane:
             if not self.up:
                 self.events_dropped += len(events)
                 continue
+            message, events = self._encode(events)
             try:
                 pipe = self.client.pipeline(transaction=False)
-                pipe.publish(self.channel, encode_message(self.node, events))
+                pipe.publish(self.channel, message)
                 if self._count_in(events):
                     pipe.hset(self.counts_key, self.node, self._count)
                 pipe.execute()
@@ -278,12 +286,32 @@ class Backplane:
                 self.events_dropped += len(events)
                 self._mark(False, exc)
 
+    def _encode(self, events: list[Event]) -> tuple[bytes, list[Event]]:
+        """One message for ``events``, and the events it carries: one that cannot cross (a
+        handler passed text no node could deliver, or bytes where text goes) is dropped
+        and logged, and the rest of the batch goes on."""
+        try:
+            return encode_message(self.node, events), events
+        except ClusterCodecError:
+            pass
+        good = []
+        for event in events:
+            try:
+                encode_message(self.node, [event])
+            except ClusterCodecError as exc:
+                self.events_dropped += 1
+                self.log.warning("event_not_published", kind=type(event).__name__, error=str(exc))
+            else:
+                good.append(event)
+        return encode_message(self.node, good), good
+
     @staticmethod
     def _count_in(events: list[Event]) -> bool:
         return any(isinstance(event, ClientCount) for event in events)
 
     def _heartbeat_forever(self) -> None:
         beats = 0
+        self._working("heartbeat")
         while True:
             if self.up:
                 try:
