@@ -152,3 +152,10 @@ def test_a_handler_that_survives_its_kill_still_lets_gserver_stop(
     assert took < 0.5 + 1, f"stopping took {took:.2f} s"
     assert server.wait_for_log("stopped")["still_running"] == 1
     assert not [line for line in server.raw_stderr if "Traceback" in line]
+
+
+def test_the_listening_line_says_whether_tls_and_proxy_are_on(start_server) -> None:
+    plain = start_server("--mode", "basic").wait_for_log("listening")
+    assert (plain["tls"], plain["proxy_protocol"]) == (False, False)
+    proxied = start_server("--mode", "basic", "--proxy-protocol").wait_for_log("listening")
+    assert (proxied["tls"], proxied["proxy_protocol"]) == (False, True)

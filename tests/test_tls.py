@@ -49,6 +49,7 @@ def tls_args(certs: dict[str, Path]) -> list[str]:
 @pytest.mark.parametrize("mode", ["basic", "echo", "chat", "inspect"])
 def test_every_mode_over_tls(start_server, certs: dict[str, Path], mode: str) -> None:
     server = start_server("--mode", mode, *tls_args(certs))
+    assert server.wait_for_log("listening")["tls"] is True
     with TLSClient(server.port, certs["ca"]) as client:
         if mode == "basic":
             assert client.read_line() == "Welcome to TCP Server!\n"
