@@ -88,7 +88,7 @@ def test_a_failing_test_shows_the_server_log_and_what_arrived(pytester: pytest.P
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*ReadFailed: no a whole line within 0.5 s; received so far (unread): b''*",
+            "*ReadFailed: waited 0.5 s for a whole line; received so far (unread): b''*",
             "*- gserver log: shout:shout on 127.0.0.1:* (exit status 0) -*",
             '*"event": "listening"*',
             '*"event": "connect"*',
@@ -151,5 +151,5 @@ def test_settings_become_flags() -> None:
 def test_gservers_own_tests_get_the_fixture(gserver_serve) -> None:
     with gserver_serve(mode="basic") as server, server.client(timeout=0.5) as client:
         assert client.read_line() == "Welcome to TCP Server!"
-        with pytest.raises(ReadFailed, match=r"no 3 bytes within 0.5 s.*b''"):
+        with pytest.raises(ReadFailed, match=r"waited 0.5 s for 3 bytes.*b''"):
             client.read_exactly(3)

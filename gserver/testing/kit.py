@@ -130,12 +130,12 @@ class Client:
                 raise ReadFailed(f"the server closed the connection before {wanted}", self._held)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ReadFailed(f"no {wanted} within {limit} s", self._held)
+                raise ReadFailed(f"waited {limit} s for {wanted}", self._held)
             self._sock.settimeout(remaining)
             try:
                 data = self._sock.recv(RECV_SIZE)
             except TimeoutError:
-                raise ReadFailed(f"no {wanted} within {limit} s", self._held) from None
+                raise ReadFailed(f"waited {limit} s for {wanted}", self._held) from None
             except ConnectionResetError:
                 problem = f"connection reset by the server before {wanted}"
                 raise ReadFailed(problem, self._held) from None
