@@ -3,13 +3,17 @@ import is reported in one line while the old code keeps serving."""
 
 from __future__ import annotations
 
+import importlib
 import signal
+import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gserver.reload import watched_directories
 from gserver.testing.kit import Client
 from gserver.testing.probes import alive, wait_until
 from gserver.testing.process import WAIT, ServerProcess
@@ -117,3 +121,35 @@ def test_reload_with_workers_is_refused_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "gserver: error: setting 'reload': cannot be combined with workers > 1 (got workers = 2)"
     )
+
+
+def test_a_port_in_use_ends_the_supervisor_with_the_childs_status(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP.format("v1\n"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_gserver(
+            "--reload", "--handler", "app:handle", "--port", str(port), *JSON_LOCAL, cwd=tmp_path
+        )
+    assert result.returncode == 1
+    assert f"gserver: error: port {port} is already in use on 127.0.0.1" in result.stderr
+
+
+def test_the_handlers_package_is_watched_where_it_lies_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "elsewhere" / "myapp"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.delitem(sys.modules, "myapp", raising=False)
+    importlib.import_module("myapp")  # the server process has imported it when it asks
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert watched_directories("myapp:handle") == [package.parent.resolve()]  # inside: once
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert watched_directories("myapp.handlers:handle") == [work.resolve(), package.resolve()]
+    assert watched_directories("pytest:main") == [work.resolve()]  # installed: not watched
+    assert watched_directories(None) == [work.resolve()]
