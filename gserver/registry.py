@@ -18,6 +18,7 @@ from typing import Protocol
 
 from gserver.protocol.chat import Entered, Member, Removal, name_key
 from gserver.protocol.cluster import ClientCount, Direct, Event, RoomLine, ToAll
+from gserver.protocol.rooms import room_key
 from gserver.rooms import Rooms
 
 Fanout = Callable[[Iterable[Member], bytes], None]
@@ -193,21 +194,45 @@ class ChatRoom:
 
     def names(self, room: str | None = None) -> list[str]:
         """The names in ``room`` in arrival order, operators marked ``@``; without a room,
-        everyone's names in join order (the whole cluster's when it is reachable)."""
-        if room is not None:
-            operators = self.rooms.operators
-            return [
-                ("@" if member in operators else "") + self._by_key[self._key_of[member]].name
-                for member in self.rooms.members(room)
-                if member in self._key_of
-            ]
-        local = [entry.name for entry in self._by_key.values()]
+        everyone's names in join order (the whole cluster's when it is reachable).
+
+        Rooms are each node's own (the cluster carries no rooms yet), so with a cluster the
+        default room stands for the cluster's room: it lists every name a live node holds,
+        in join order, but this node's members who went to another room.
+        """
+        default = self.rooms.default_key
+        if room is not None and (self.link is None or room_key(room) != default):
+            return self._names_in(room)
         cluster = self.link.names() if self.link is not None else None
         if cluster is None:
-            return local
+            return self._names_in(room) if room is not None else self._local_names()
         # Local names the cluster does not show yet (joined while it was away) go last.
         shown = {name_key(n) for n in cluster}
-        return cluster + [n for n in local if name_key(n) not in shown]
+        everyone = cluster + [n for n in self._local_names() if name_key(n) not in shown]
+        if room is None:
+            return everyone
+        elsewhere = {
+            key
+            for key, entry in self._by_key.items()
+            if room_key(self.rooms.room_of(entry.member)) != default
+        }
+        operators = {self._key_of[m] for m in self.rooms.operators if m in self._key_of}
+        return [
+            ("@" if name_key(n) in operators else "") + n
+            for n in everyone
+            if name_key(n) not in elsewhere
+        ]
+
+    def _names_in(self, room: str) -> list[str]:
+        operators = self.rooms.operators
+        return [
+            ("@" if member in operators else "") + self._by_key[self._key_of[member]].name
+            for member in self.rooms.members(room)
+            if member in self._key_of
+        ]
+
+    def _local_names(self) -> list[str]:
+        return [entry.name for entry in self._by_key.values()]
 
     def __len__(self) -> int:
         return len(self._by_key)
