@@ -1,11 +1,11 @@
-"""``python -m gserver``.  Monkey-patching comes first, before anything else opens a socket,
-so that libraries such as redis-py cooperate with the event loop."""
+"""``python -m gserver``.  Monkey-patching comes before anything else opens a socket, so
+that libraries such as redis-py cooperate with the event loop: :func:`gserver.cli.main`
+does it as soon as the settings are known, where they need it (a handler of your own,
+the backplane, the metrics or web port, workers; the built-in modes alone use gevent's
+own calls and need none of it).  Everything else is imported once it is known to be
+needed, so that a plain start is quick."""
 
-from gevent import monkey
-
-monkey.patch_all()
-
-from gserver.cli import main  # noqa: E402
+from gserver.cli import main
 
 
 def run() -> None:

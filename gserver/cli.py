@@ -34,6 +34,36 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_START_FAILED, EXIT_BAD_SETTING = 0, 1, 2
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, sized to the terminal as ``shutil.get_terminal_size`` would size it, but
+    without importing shutil (and its archive modules): argparse makes a formatter for
+    every flag added, help or not, and that import is a noticeable part of start-up."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def needs_monkey_patching(settings: Settings) -> bool:
     """Whether anything in force may call the standard library's blocking sockets, locks
     or sleeps, which gevent's monkey-patching makes cooperative: a handler of your own
@@ -53,6 +83,7 @@ def needs_monkey_patching(settings: Settings) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="gserver",
+        formatter_class=HelpFormatter,
         description="A line-based TCP server on gevent: basic, echo, chat and inspect modes.",
         epilog=(
             "Every setting can also be given in the TOML file (key = setting name) or as an "

@@ -456,7 +456,7 @@ class Connection:
         if self.state is not _OPEN:
             return
         if data.__class__ is str:
-            data = data.encode("utf-8", "surrogateescape")  # type: ignore[union-attr]
+            data = data.encode("utf-8", "surrogateescape")
         elif data.__class__ is not bytes:
             if isinstance(data, str):
                 data = data.encode("utf-8", "surrogateescape")
@@ -465,7 +465,7 @@ class Connection:
             else:
                 raise TypeError(f"send() takes str or bytes, not {type(data).__name__}")
         # _queue_output(data), inlined: this is every reply's path.
-        self._outbox.append(data)  # type: ignore[arg-type]
+        self._outbox.append(data)
         self._queued += len(data)
         self.messages_out += 1
         if self._queued > self._max_output:

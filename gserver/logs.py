@@ -8,9 +8,33 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 from typing import Any, TextIO
 
-import structlog
+
+class _AsyncioOnFirstUse(types.ModuleType):
+    """What structlog gets for ``import asyncio`` when it is imported here: structlog uses
+    asyncio only in its async logging methods (``ainfo()`` ...), and importing asyncio
+    costs more start-up than all the rest of structlog.  Anything asked of it is asked of
+    the real asyncio, imported then."""
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get("asyncio") is self:
+            del sys.modules["asyncio"]
+        import importlib
+
+        return getattr(importlib.import_module("asyncio"), name)
+
+
+if "asyncio" in sys.modules or "structlog" in sys.modules:
+    import structlog
+else:
+    sys.modules["asyncio"] = _AsyncioOnFirstUse("asyncio")
+    try:
+        import structlog
+    finally:  # everyone else imports the real asyncio, whenever they do
+        if isinstance(sys.modules.get("asyncio"), _AsyncioOnFirstUse):
+            del sys.modules["asyncio"]
 
 LEVELS = {
     "debug": logging.DEBUG,

@@ -9,10 +9,8 @@ setting when it cannot.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,6 +469,8 @@ def _convert_toml(name: str, value: Any) -> Any:
 
 def read_file(path: Path) -> dict[str, Any]:
     """Settings from a flat TOML table; unknown keys are errors, not silently ignored."""
+    import tomllib  # only where there is a settings file (start-up time)
+
     try:
         with path.open("rb") as f:
             table = tomllib.load(f)
@@ -516,6 +516,8 @@ def environment_warnings(environ: Mapping[str, str]) -> list[str]:
     known = [f"GSERVER_{name.upper()}" for name in FIELDS] + list(ENVIRONMENT_EXTRAS)
     warnings = []
     for name in unknown_environment(environ):
+        import difflib  # only where there is something to warn about (start-up time)
+
         close = difflib.get_close_matches(name.upper(), known, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         warnings.append(f"unknown environment variable {name} (ignored{hint})")

@@ -1,15 +1,20 @@
-"""The built-in modes, by name; each is an ordinary handler using only the public API."""
+"""The built-in modes, by name; each is an ordinary handler using only the public API.
+
+A mode's module is imported only when that mode is served: chat's name rules bring
+precis-i18n, and a basic server has no use for them."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from gserver.modes import basic, chat, echo, inspect
-from gserver.server import Handler, Server
 from gserver.settings import Settings, SettingsError
 from gserver.ticker import start_uptime_broadcast
+
+if TYPE_CHECKING:
+    from gserver.server import Handler, Server
 
 
 @dataclass(frozen=True)
@@ -18,12 +23,26 @@ class Mode:
     on_start: Callable[[Server], None] | None = None
 
 
-MODES: dict[str, Mode] = {
-    "basic": Mode(basic.handle),
-    "echo": Mode(echo.handle, start_uptime_broadcast),
-    "chat": Mode(chat.handle),
-    "inspect": Mode(inspect.handle),
+# name -> (module in gserver.modes, what starts with the server)
+_BUILT_IN: dict[str, tuple[str, Callable[[Server], None] | None]] = {
+    "basic": ("basic", None),
+    "echo": ("echo", start_uptime_broadcast),
+    "chat": ("chat", None),
+    "inspect": ("inspect", None),
 }
+
+
+def builtin(name: str) -> Mode:
+    """The built-in mode ``name``, its module imported now."""
+    module, on_start = _BUILT_IN[name]
+    handler = importlib.import_module(f"gserver.modes.{module}").handle
+    return Mode(handler, on_start)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MODES":  # every built-in mode, all imported (as this module once did)
+        return {mode: builtin(mode) for mode in _BUILT_IN}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_handler(spec: str) -> Handler:
@@ -44,4 +63,4 @@ def resolve(settings: Settings) -> Mode:
     """The mode to serve: the user's own handler if one is set, else the built-in mode."""
     if settings.handler:
         return Mode(load_handler(settings.handler))
-    return MODES[settings.mode]
+    return builtin(settings.mode)

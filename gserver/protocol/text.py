@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 
 # ANSI escape sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), and two-byte
 # escapes.  Removed whole, so that no client can clear, recolour or retitle a terminal.
-_ANSI_ESCAPE = re.compile(
+# (The patterns here are compiled on first use, by _patterns(): compiling them costs
+# milliseconds of start-up, which servers that never sanitise text need not pay.)
+_ANSI_ESCAPE = (
     r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, terminated by BEL or ST
     r"|\x1b[@-Z\\-_]"  # other two-byte escapes
@@ -43,7 +45,7 @@ _FORMAT = (
 )
 # Of all that is removed, what str.isprintable() accepts: marks and letters that draw nothing
 # (in every Unicode version, since these are assigned), and VS16, kept or not by context.
-_PRINTABLE_INVISIBLE = re.compile(
+_PRINTABLE_INVISIBLE = (
     "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0"
     "\U000e0100-\U000e01ef]"
 )
@@ -74,7 +76,7 @@ _EMOJI_MODIFIER = "\U0001f3fb-\U0001f3ff"  # the five skin tones
 # nothing removed can make a joiner look wanted, and sanitised text is sanitised unchanged.
 # Tag sequences (subdivision flags such as England's) are not kept: their tag characters can
 # carry hidden text, so such a flag arrives as a plain black flag.
-_REMOVE = re.compile(
+_REMOVE = (
     # The pattern starts with one character class, which the regex engine scans for quickly;
     # the assertions after it run only on what the class matched, each first testing (cheaply)
     # whether that is the joiner it may spare.
@@ -84,6 +86,16 @@ _REMOVE = re.compile(
     # ZWJ after a pictographic character (bare, or with its VS16 or skin tone) and before one
     f"(?!(?<=\u200d)(?:(?<={_EMOJI}\u200d)|(?<={_EMOJI}[\ufe0f{_EMOJI_MODIFIER}]\u200d)){_EMOJI})"
 )
+
+
+_compiled: list[re.Pattern[str]] = []
+
+
+def _patterns() -> list[re.Pattern[str]]:
+    """[ANSI escapes, printable invisibles, what is removed], compiled once."""
+    if not _compiled:
+        _compiled.extend(re.compile(p) for p in (_ANSI_ESCAPE, _PRINTABLE_INVISIBLE, _REMOVE))
+    return _compiled
 
 
 def decode(data: bytes) -> str:
@@ -100,11 +112,12 @@ def sanitize(text: str) -> str:
     """
     # The common cases return at once: printable ASCII, and printable text with nothing
     # invisible (printable excludes controls, format characters and unassigned code points).
-    if text.isprintable() and (text.isascii() or _PRINTABLE_INVISIBLE.search(text) is None):
+    if text.isprintable() and (text.isascii() or _patterns()[1].search(text) is None):
         return text
+    ansi_escape, _, remove = _patterns()
     if "\x1b" in text or "\x9b" in text:
-        text = _ANSI_ESCAPE.sub("", text)
-    return _REMOVE.sub("", text)
+        text = ansi_escape.sub("", text)
+    return remove.sub("", text)
 
 
 def iso_utc(moment: datetime) -> str:
