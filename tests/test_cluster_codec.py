@@ -7,16 +7,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gserver.protocol.cluster import (
+    Ban,
     ClientCount,
     ClusterCodecError,
     Direct,
     Holder,
+    Kick,
     RoomLine,
+    Seat,
     ToAll,
+    Unban,
     decode_holders,
     decode_message,
+    decode_said,
+    decode_seat,
     encode_holders,
     encode_message,
+    encode_said,
+    encode_seat,
     node_prefix,
 )
 
@@ -29,11 +37,16 @@ texts = st.text(
         st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF),
     )
 )
+stamps = st.integers(min_value=0, max_value=2**63)
 events = st.one_of(
-    st.builds(RoomLine, texts, st.integers(min_value=0, max_value=2**63)),
+    st.builds(RoomLine, texts, stamps),
+    st.builds(RoomLine, texts, stamps, st.none() | texts, st.booleans()),
     st.builds(Direct, texts, texts),
     st.builds(ToAll, st.binary()),
     st.builds(ClientCount, st.integers(min_value=0, max_value=10**9)),
+    st.builds(Kick, texts, texts, texts, st.none() | st.integers(min_value=0, max_value=10**9)),
+    st.builds(Ban, texts, stamps),
+    st.builds(Unban, texts),
 )
 
 
@@ -42,6 +55,13 @@ def test_a_message_round_trips(node: str, batch: list) -> None:
     raw = encode_message(node, batch)
     assert raw.startswith(node_prefix(node))
     assert decode_message(raw) == (node, batch)
+
+
+def test_a_room_line_of_an_older_release_is_for_the_default_room() -> None:
+    raw = b'n1\n[["r", "[bob]: hi\\n", 7]]'
+    assert decode_message(raw)[1] == [RoomLine("[bob]: hi\n", 7, None, False)]
+    # and a line for no room in particular is written as older releases wrote it
+    assert encode_message("n1", [RoomLine("[bob]: hi\n", 7)]) == raw
 
 
 def test_bytes_that_are_not_utf8_cross_intact() -> None:
@@ -99,6 +119,13 @@ def test_anything_malformed_is_one_clear_error(raw: bytes) -> None:
         b"n1\nnot json",
         b'n1\n[["r", "text"]]',
         b'n1\n[["r", 1, 2]]',
+        b'n1\n[["r", "text", 1, "#dev"]]',
+        b'n1\n[["r", "text", 1, 5, true]]',
+        b'n1\n[["r", "text", 1, "#dev", 1]]',
+        b'n1\n[["kick", "bob", "op", "", "10"]]',
+        b'n1\n[["kick", "bob", "op"]]',
+        b'n1\n[["ban", "192.0.2.1", null]]',
+        b'n1\n[["unban"]]',
         b'n1\n[["c", true]]',
         b'n1\n[["b", "!!!"]]',
         b'n1\n[["zz", 1]]',
@@ -141,3 +168,47 @@ def test_malformed_name_records_are_refused(record: str) -> None:
 def test_a_node_id_with_a_bar_cannot_be_encoded() -> None:
     with pytest.raises(ClusterCodecError):
         encode_holders([Holder("a|b", 1, "alice")])
+
+
+@given(
+    nodes,
+    st.builds(
+        Seat,
+        st.integers(min_value=0, max_value=2**63),
+        stamps,
+        st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), min_size=1),
+        st.booleans(),
+    ),
+)
+def test_seats_round_trip(node: str, seat: Seat) -> None:
+    field, value = encode_seat(node, seat)
+    assert decode_seat(field, value) == (node, seat)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n1|1", "5|1|"),
+        ("n1|x", "5|1|alice"),
+        ("|1", "5|1|alice"),
+        ("n1", "5|1|alice"),
+        ("n1|1", "5|2|alice"),
+        ("n1|1", "x|1|alice"),
+        ("n1|1", "5|alice"),
+        ("n1|²", "5|0|alice"),
+    ],
+)
+def test_malformed_seats_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ClusterCodecError):
+        decode_seat(field, value)
+
+
+@given(stamps, texts)
+def test_history_entries_round_trip(moment: int, line: str) -> None:
+    assert decode_said(encode_said(moment, line)) == (moment, line)
+
+
+@pytest.mark.parametrize("entry", ["", "no moment", "x|line", "-1|line", "\ud800|x"])
+def test_malformed_history_entries_are_refused(entry: str) -> None:
+    with pytest.raises(ClusterCodecError):
+        decode_said(entry)

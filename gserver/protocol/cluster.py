@@ -8,6 +8,9 @@ without decoding them.  Payloads that are not valid UTF-8 travel as Base64, inta
 
 Anyone who can reach Redis can publish on the channel: :func:`decode_message` raises
 :class:`ClusterCodecError`, and only that, for anything malformed.
+
+Besides events: the records the nodes keep in Redis (who holds a name, who sits in a room,
+a room's recent lines), each written here and read back here.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ class ClusterCodecError(ValueError):
 
 @dataclass(frozen=True)
 class RoomLine:
-    """Text for every chat member who had joined by ``stamp`` (ns since the epoch)."""
+    """Text for the members of ``room`` (as written, ``#dev``) who were in it by ``stamp``
+    (ns since the epoch); ``keep``: a line for the room's history.  A node of an older
+    release sent no room: its lines are for the default room."""
 
     text: str
     stamp: int
+    room: str | None = None
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,33 @@ class ClientCount:
     count: int
 
 
-Event = RoomLine | Direct | ToAll | ClientCount
+@dataclass(frozen=True)
+class Kick:
+    """An operator's ``/kick`` (or, with ``ban_minutes``, ``/ban``) of whoever holds the name
+    with this key: the node that holds them carries it out (it knows their address)."""
+
+    key: str
+    by: str
+    reason: str = ""
+    ban_minutes: int | None = None
+
+
+@dataclass(frozen=True)
+class Ban:
+    """``address`` is refused on every node until ``until`` (ms since the epoch)."""
+
+    address: str
+    until: int
+
+
+@dataclass(frozen=True)
+class Unban:
+    """The ban on ``address`` is lifted."""
+
+    address: str
+
+
+Event = RoomLine | Direct | ToAll | ClientCount | Kick | Ban | Unban
 
 
 def node_prefix(node: str) -> bytes:
@@ -65,7 +98,10 @@ def node_prefix(node: str) -> bytes:
 
 def _encode_event(event: Event) -> list[object]:
     if isinstance(event, RoomLine):
-        return ["r", _deliverable(event.text), _integer(event.stamp)]
+        line: list[object] = ["r", _deliverable(event.text), _integer(event.stamp)]
+        if event.room is None and not event.keep:
+            return line  # as older releases wrote it
+        return [*line, _optional_text(event.room), _boolean(event.keep)]
     if isinstance(event, Direct):
         return ["d", _text(event.key), _deliverable(event.text)]
     if isinstance(event, ToAll):
@@ -77,6 +113,13 @@ def _encode_event(event: Event) -> list[object]:
             return ["b", base64.b64encode(event.data).decode("ascii")]
     if isinstance(event, ClientCount):
         return ["c", _integer(event.count)]
+    if isinstance(event, Kick):
+        by, reason = _deliverable(event.by), _deliverable(event.reason)
+        return ["kick", _text(event.key), by, reason, _optional_integer(event.ban_minutes)]
+    if isinstance(event, Ban):
+        return ["ban", _text(event.address), _integer(event.until)]
+    if isinstance(event, Unban):
+        return ["unban", _text(event.address)]
     raise ClusterCodecError(f"not an event: {type(event).__name__}")
 
 
@@ -107,9 +150,23 @@ def _deliverable(value: object) -> str:
     return text
 
 
+def _optional_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
 def _integer(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ClusterCodecError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _optional_integer(value: object) -> int | None:
+    return None if value is None else _integer(value)
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ClusterCodecError(f"expected true or false, got {type(value).__name__}")
     return value
 
 
@@ -118,8 +175,11 @@ def _decode_event(item: object) -> Event:
         raise ClusterCodecError("an event must be a list of a kind and its fields")
     kind = item[0]
     fields = item[1:]
-    if kind == "r" and len(fields) == 2:
-        return RoomLine(_deliverable(fields[0]), _integer(fields[1]))
+    if kind == "r" and len(fields) in (2, 4):
+        text, stamp = _deliverable(fields[0]), _integer(fields[1])
+        if len(fields) == 2:  # from a node of an older release
+            return RoomLine(text, stamp)
+        return RoomLine(text, stamp, _optional_text(fields[2]), _boolean(fields[3]))
     if kind == "d" and len(fields) == 2:
         return Direct(_text(fields[0]), _deliverable(fields[1]))
     if kind == "a" and len(fields) == 1:
@@ -134,6 +194,13 @@ def _decode_event(item: object) -> Event:
             raise ClusterCodecError(f"bad Base64 payload: {exc}") from None
     if kind == "c" and len(fields) == 1:
         return ClientCount(_integer(fields[0]))
+    if kind == "kick" and len(fields) == 4:
+        by, reason = _deliverable(fields[1]), _deliverable(fields[2])
+        return Kick(_text(fields[0]), by, reason, _optional_integer(fields[3]))
+    if kind == "ban" and len(fields) == 2:
+        return Ban(_text(fields[0]), _integer(fields[1]))
+    if kind == "unban" and len(fields) == 1:
+        return Unban(_text(fields[0]))
     # Named by type unless text: the repr of a deeply nested kind could overflow the stack.
     what = repr(kind[:20]) if isinstance(kind, str) else type(kind).__name__
     raise ClusterCodecError(f"unknown event {what} with {len(fields)} fields")
@@ -189,3 +256,72 @@ def decode_holders(record: str) -> list[Holder]:
             raise ClusterCodecError(f"malformed name record {entry[:80]!r}")
         holders.append(Holder(node, int(stamp), name))
     return holders
+
+
+# -- who sits in which room ------------------------------------------------------------------
+# Each room's members hash maps "node|uid" (a member of that node) to "stamp|op|name": when
+# they entered the room (ns since the epoch, the room's arrival order), "1" for an operator
+# else "0", and the name as they spell it now.  The Lua scripts in backplane.py read the
+# node from the field the same way.
+
+
+@dataclass(frozen=True)
+class Seat:
+    """One member of a room, on one node: ``uid`` tells them apart on their node."""
+
+    uid: int
+    stamp: int
+    name: str
+    operator: bool = False
+
+
+def seat_field(node: str, uid: int) -> str:
+    if "|" in node or "\n" in node:
+        raise ClusterCodecError("a node id holds no '|' or newline")
+    return f"{node}|{uid}"
+
+
+def encode_seat(node: str, seat: Seat) -> tuple[str, str]:
+    """The (field, value) of ``seat`` in its room's members hash."""
+    if "\n" in seat.name:
+        raise ClusterCodecError("a name holds no newline")
+    value = f"{_integer(seat.stamp)}|{1 if seat.operator else 0}|{seat.name}"
+    return seat_field(node, _integer(seat.uid)), value
+
+
+def decode_seat(field: str, value: str) -> tuple[str, Seat]:
+    """(node, seat) of one entry of a room's members hash."""
+    node, separator, uid = field.rpartition("|")
+    stamp, separator2, rest = value.partition("|")
+    operator, separator3, name = rest.partition("|")
+    if (
+        not node
+        or not separator
+        or not (separator2 and separator3)
+        or not _is_number(uid)
+        or not _is_number(stamp)
+        or operator not in ("0", "1")
+        or not name
+    ):
+        raise ClusterCodecError(f"malformed seat {field[:80]!r}: {value[:80]!r}")
+    return node, Seat(int(uid), int(stamp), name, operator == "1")
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+# -- a room's recent lines ---------------------------------------------------------------------
+# Each room's history is a Redis list, newest first, of "ms|line": when the line was said
+# (ms since the epoch) and the line as it was delivered.
+
+
+def encode_said(moment_ms: int, line: str) -> str:
+    return f"{_integer(moment_ms)}|{_deliverable(line)}"
+
+
+def decode_said(entry: str) -> tuple[int, str]:
+    moment, separator, line = entry.partition("|")
+    if not separator or not _is_number(moment):
+        raise ClusterCodecError(f"malformed history entry {entry[:80]!r}")
+    return int(moment), _deliverable(line)
