@@ -402,7 +402,11 @@ class Server:
         if self.front is not None:
             first = sniff(sock, s.sniff_timeout)
             if first and self.front.claims(first):
-                self.front.serve(self, sock, address, first)
+                # Handed over, not also held here: a browser's request need not live as
+                # long as its WebSocket.
+                sniffed = [first]
+                del first
+                self.front.serve(self, sock, address, sniffed.pop())
                 return
         assert self._admission is not None
         if self._admission.ip_known_at_accept:
