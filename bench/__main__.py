@@ -23,7 +23,7 @@ from bench.procs import (
 from bench.report import chart, markdown, stdout_summary
 from bench.scenarios import Config, run_scenario, scenarios
 
-ALL = ("echo", "chat", "cluster", "idle", "startup", "kv")
+ALL = ("echo", "chat", "cluster", "idle", "startup", "kv", "ws-chat", "ws-idle", "tcp-web")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="REF",
         help="run gserver/ as of this git commit (exported to a temp dir) instead "
         "of the working tree",
+    )
+    p.add_argument(
+        "--baseline-ref",
+        metavar="REF",
+        help="tcp-web also runs gserver/ as of this git commit (before the web port, say), "
+        "to show that TCP clients do not pay for it",
     )
     p.add_argument(
         "--output",
@@ -141,7 +147,17 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as exc:
                 print(f"[bench] {exc}", file=sys.stderr)
                 return 1
-        defs = scenarios(gserver_cwd)
+        baseline_cwd = None
+        if ns.baseline_ref and "tcp-web" in chosen:
+            baseline_cwd = Path(tmp) / "baseline"
+            baseline_cwd.mkdir()
+            try:
+                baseline = export_gserver(ns.baseline_ref, baseline_cwd)
+            except BenchError as exc:
+                print(f"[bench] {exc}", file=sys.stderr)
+                return 1
+            notes.append(f"tcp-web's baseline is gserver/ as of {baseline[:12]} (--baseline-ref).")
+        defs = scenarios(gserver_cwd, baseline_cwd)
         for name in chosen:
             results.append(
                 run_scenario(defs[name], cfg, built["loadgen"], logs, skip_node, skip_redis)

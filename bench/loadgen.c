@@ -4,6 +4,17 @@
  *   loadgen echo --port P [--host 127.0.0.1] [--conns 100] [--size 64] [--duration 5] [--warmup 1]
  *   loadgen chat --port P [--clients 500] [--senders 20] [--duration 5] [--warmup 1] [--quiet 2]
  *   loadgen idle --port P [--conns 10000] [--hold 120]
+ *   loadgen churn --port P [--conns 50] [--duration 5] [--warmup 1]
+ *
+ * churn keeps --conns clients at a time each connecting, reading the greeting (its first
+ * line) and closing, a new one at once in its place: connections per second, the time from
+ * connect() to the greeting, and every refusal, reset, early close or timeout, counted.
+ *
+ * With --ws PATH (say --ws /ws) every connection is a WebSocket client instead (RFC 6455):
+ * it sends the HTTP upgrade request for PATH, then each line it would send is one masked
+ * text message without its '\n', and each message it receives (unmasked server frames, text
+ * or binary, fragments joined) is one line; pings are answered with pongs.  Everything
+ * else (greetings, names, what is measured) is as over TCP.
  *
  * Every subcommand prints one JSON object on stdout (idle prints a {"ready": true} line first,
  * then its summary when stdin closes or --hold seconds pass). Connections are opened with at
@@ -89,12 +100,13 @@ static double opt_quiet = 2.0;
 static double opt_hold = 120.0;
 static int opt_pending = 128;
 static double opt_setup_timeout = 60.0;
+static const char *opt_ws = NULL; /* WebSocket path, or NULL for plain TCP lines */
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen echo|chat|idle --port P [--host H] [--conns N | --clients N]\n"
+            "usage: loadgen echo|chat|idle|churn --port P [--host H] [--conns N | --clients N]\n"
             "       [--size B] [--duration S] [--warmup S] [--senders N] [--quiet S]\n"
-            "       [--hold S] [--pending N] [--setup-timeout S]\n");
+            "       [--hold S] [--pending N] [--setup-timeout S] [--ws PATH]\n");
     exit(2);
 }
 
@@ -114,6 +126,7 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(k, "--hold")) opt_hold = atof(v);
         else if (!strcmp(k, "--pending")) opt_pending = atoi(v);
         else if (!strcmp(k, "--setup-timeout")) opt_setup_timeout = atof(v);
+        else if (!strcmp(k, "--ws")) opt_ws = v;
         else usage();
     }
     if (opt_port <= 0 || opt_port > 65535) usage();
@@ -133,8 +146,8 @@ static void raise_nofile(void) {
 
 /* ---------------------------------------------------------------- connections */
 
-enum { ST_IDLE, ST_CONNECTING, ST_GREETING, ST_NAMING, ST_READY, ST_DEAD };
-enum { MODE_ECHO, MODE_CHAT, MODE_IDLE };
+enum { ST_IDLE, ST_CONNECTING, ST_UPGRADING, ST_GREETING, ST_NAMING, ST_READY, ST_DEAD };
+enum { MODE_ECHO, MODE_CHAT, MODE_IDLE, MODE_CHURN };
 
 typedef struct {
     int fd;
@@ -142,6 +155,8 @@ typedef struct {
     int state;
     char *buf;
     size_t len, cap;
+    char *raw; /* --ws: frames as received, before they become lines in buf */
+    size_t rlen, rcap;
     uint64_t sent_ns; /* echo: send time of the request in flight; 0 = none */
     uint64_t seq;     /* echo/chat: sequence number of the next or in-flight message */
     int inflight;
@@ -187,7 +202,7 @@ static void conn_start(conn_t *c) {
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
 }
 
-static int send_all(conn_t *c, const char *data, size_t n) {
+static int raw_send_all(conn_t *c, const char *data, size_t n) {
     while (n > 0) {
         ssize_t w = send(c->fd, data, n, MSG_NOSIGNAL);
         if (w < 0) {
@@ -201,23 +216,66 @@ static int send_all(conn_t *c, const char *data, size_t n) {
     return 0;
 }
 
-/* Reads what is available into c->buf; returns 0 on EOF or error (the conn is killed). */
+/* --ws: a masked client frame (final, one message) of opcode op around data. */
+static uint64_t mask_state = 0x9e3779b97f4a7c15ull;
+
+static size_t ws_frame(char *out, int op, const char *data, size_t n) {
+    size_t h = 0;
+    out[h++] = (char)(0x80 | op);
+    if (n < 126) {
+        out[h++] = (char)(0x80 | n);
+    } else {
+        out[h++] = (char)(0x80 | 126);
+        out[h++] = (char)(n >> 8);
+        out[h++] = (char)(n & 0xff);
+    }
+    mask_state ^= mask_state << 13; /* xorshift64: masks need not be secret here */
+    mask_state ^= mask_state >> 7;
+    mask_state ^= mask_state << 17;
+    unsigned char mask[4];
+    memcpy(mask, &mask_state, 4);
+    memcpy(out + h, mask, 4);
+    h += 4;
+    for (size_t i = 0; i < n; i++) out[h + i] = (char)(data[i] ^ mask[i & 3]);
+    return h + n;
+}
+
+/* One line (ending in '\n') as it goes to the server: itself, or a text message without
+ * its '\n' over --ws. */
+static int send_all(conn_t *c, const char *data, size_t n) {
+    if (!opt_ws) return raw_send_all(c, data, n);
+    char frame[8192];
+    if (n > 0 && data[n - 1] == '\n') n--;
+    if (n > sizeof frame - 8) n = sizeof frame - 8;
+    return raw_send_all(c, frame, ws_frame(frame, 0x1, data, n));
+}
+
+static void ensure_room(char **buf, size_t len, size_t *cap, size_t need) {
+    if (*cap - len >= need) return;
+    size_t grown = *cap ? *cap * 2 : need + 4096;
+    while (grown - len < need) grown *= 2;
+    *buf = realloc(*buf, grown);
+    if (!*buf) {
+        perror("realloc");
+        exit(1);
+    }
+    *cap = grown;
+}
+
+static int ws_decode(conn_t *c);
+
+/* Reads what is available into c->buf (over --ws: c->raw, then decoded into c->buf);
+ * returns 0 on EOF or error (the conn is killed). */
 static int conn_read(conn_t *c) {
+    char **buf = opt_ws ? &c->raw : &c->buf;
+    size_t *len = opt_ws ? &c->rlen : &c->len;
+    size_t *cap = opt_ws ? &c->rcap : &c->cap;
     for (;;) {
-        if (c->cap - c->len < 65536) {
-            size_t cap = c->cap ? c->cap * 2 : 65536 + 4096;
-            while (cap - c->len < 65536) cap *= 2;
-            c->buf = realloc(c->buf, cap);
-            if (!c->buf) {
-                perror("realloc");
-                exit(1);
-            }
-            c->cap = cap;
-        }
-        ssize_t r = recv(c->fd, c->buf + c->len, c->cap - c->len, 0);
+        ensure_room(buf, *len, cap, 65536);
+        ssize_t r = recv(c->fd, *buf + *len, *cap - *len, 0);
         if (r > 0) {
-            c->len += (size_t)r;
-            if ((size_t)r < 65536) return 1;
+            *len += (size_t)r;
+            if ((size_t)r < 65536) return opt_ws ? ws_decode(c) : 1;
             continue;
         }
         if (r == 0) {
@@ -225,10 +283,70 @@ static int conn_read(conn_t *c) {
             return 0;
         }
         if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return 1;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return opt_ws ? ws_decode(c) : 1;
         conn_kill(c, c->state == ST_READY ? &n_io_errors : &n_greeting_errors);
         return 0;
     }
+}
+
+static uint64_t n_ws_pings;
+
+/* --ws: the upgrade's answer, then each whole frame of c->raw: a message's payload and '\n'
+ * into c->buf, a pong for each ping.  Returns 0 when the conn was killed. */
+static int ws_decode(conn_t *c) {
+    size_t off = 0;
+    if (c->state == ST_UPGRADING) {
+        char *end = memmem(c->raw, c->rlen, "\r\n\r\n", 4);
+        if (!end) return 1;
+        if (c->rlen < 12 || memcmp(c->raw, "HTTP/1.1 101", 12) != 0) {
+            conn_kill(c, &n_greeting_errors); /* refused: 403, 503... */
+            return 0;
+        }
+        off = (size_t)(end - c->raw) + 4;
+        c->state = ST_GREETING;
+    }
+    while (c->rlen - off >= 2) {
+        const unsigned char *p = (const unsigned char *)c->raw + off;
+        int fin = p[0] & 0x80, op = p[0] & 0x0f;
+        uint64_t n = p[1] & 0x7f;
+        size_t h = 2;
+        if (p[1] & 0x80) { /* a server must not mask */
+            conn_kill(c, c->state == ST_READY ? &n_io_errors : &n_greeting_errors);
+            return 0;
+        }
+        if (n == 126) {
+            if (c->rlen - off < 4) break;
+            n = ((uint64_t)p[2] << 8) | p[3];
+            h = 4;
+        } else if (n == 127) {
+            if (c->rlen - off < 10) break;
+            n = 0;
+            for (int i = 0; i < 8; i++) n = (n << 8) | p[2 + i];
+            h = 10;
+        }
+        if (c->rlen - off - h < n) break;
+        const char *payload = c->raw + off + h;
+        off += h + (size_t)n;
+        if (op == 0x0 || op == 0x1 || op == 0x2) {
+            ensure_room(&c->buf, c->len, &c->cap, (size_t)n + 1);
+            memcpy(c->buf + c->len, payload, (size_t)n);
+            c->len += (size_t)n;
+            if (fin) c->buf[c->len++] = '\n';
+        } else if (op == 0x9) {
+            char frame[256];
+            n_ws_pings++;
+            if (n > 125) n = 125;
+            if (raw_send_all(c, frame, ws_frame(frame, 0xA, payload, (size_t)n)) < 0) return 0;
+        } else if (op == 0x8) {
+            conn_kill(c, c->state == ST_READY ? &n_closed : &n_greeting_errors);
+            return 0;
+        } /* pongs: nothing to do */
+    }
+    if (off > 0) {
+        memmove(c->raw, c->raw + off, c->rlen - off);
+        c->rlen -= off;
+    }
+    return 1;
 }
 
 /* ---------------------------------------------------------------- per-mode line handling */
@@ -420,6 +538,16 @@ static void handle_event(struct epoll_event *ev) {
         c->state = ST_GREETING;
         struct epoll_event mod = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &mod);
+        if (opt_ws) {
+            char req[512];
+            int n = snprintf(req, sizeof req,
+                             "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                             "Sec-WebSocket-Version: 13\r\n\r\n",
+                             opt_ws, opt_host, opt_port);
+            c->state = ST_UPGRADING;
+            if (raw_send_all(c, req, (size_t)n) < 0) n_pending--;
+        }
         return; /* the greeting comes as EPOLLIN */
     }
     if (ev->events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
@@ -621,14 +749,176 @@ static int run_idle(void) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- churn */
+
+#define CHURN_TIMEOUT_NS 5000000000ull /* a client waiting this long counts as timed out */
+
+typedef struct {
+    int fd;
+    int reading;  /* 0: connect() in progress, 1: waiting for the greeting */
+    uint64_t t0;  /* when connect() was called */
+    size_t got;
+    char buf[512];
+} churn_t;
+
+static uint64_t churn_done_total, churn_done_window, churn_started;
+static uint64_t churn_refused, churn_reset, churn_connect_errors, churn_early_close;
+static uint64_t churn_timeouts, churn_bad_greeting, churn_full;
+
+static void churn_start(churn_t *c) {
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    c->got = 0;
+    c->reading = 0;
+    c->t0 = now_ns();
+    churn_started++;
+    if (c->fd < 0) {
+        churn_connect_errors++;
+        return;
+    }
+    int r = connect(c->fd, (struct sockaddr *)&target, sizeof target);
+    if (r < 0 && errno != EINPROGRESS) {
+        if (errno == ECONNREFUSED) churn_refused++;
+        else churn_connect_errors++; /* EADDRNOTAVAIL: out of local ports */
+        close(c->fd);
+        c->fd = -1;
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+static void churn_end(churn_t *c, uint64_t *counter) {
+    if (counter) (*counter)++;
+    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->fd = -1;
+}
+
+/* One readiness event for client c; c->fd is -1 afterwards once it is done (or failed). */
+static void churn_event(churn_t *c, uint32_t events) {
+    if (!c->reading) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) {
+            churn_end(c, err == ECONNREFUSED ? &churn_refused
+                         : err == ECONNRESET ? &churn_reset : &churn_connect_errors);
+            return;
+        }
+        if (!(events & (EPOLLOUT | EPOLLIN))) return;
+        c->reading = 1;
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+    }
+    for (;;) {
+        ssize_t r = recv(c->fd, c->buf + c->got, sizeof c->buf - 1 - c->got, 0);
+        if (r > 0) {
+            c->got += (size_t)r;
+            c->buf[c->got] = 0;
+            char *nl = memchr(c->buf, '\n', c->got);
+            if (nl) {
+                uint64_t t = now_ns();
+                if (strstr(c->buf, "Server full")) {
+                    churn_end(c, &churn_full);
+                } else if (!strstr(c->buf, "Welcome")) {
+                    churn_end(c, &churn_bad_greeting);
+                } else {
+                    churn_done_total++;
+                    if (c->t0 >= t_measure && t <= t_end) {
+                        churn_done_window++;
+                        hist_add((t - c->t0) / 1000);
+                    }
+                    churn_end(c, NULL); /* a plain close(): FIN, nothing unread */
+                }
+                return;
+            }
+            if (c->got >= sizeof c->buf - 1) {
+                churn_end(c, &churn_bad_greeting);
+                return;
+            }
+            continue;
+        }
+        if (r == 0) {
+            churn_end(c, &churn_early_close);
+            return;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        churn_end(c, errno == ECONNRESET ? &churn_reset : &churn_connect_errors);
+        return;
+    }
+}
+
+static int run_churn(void) {
+    int n = opt_conns;
+    churn_t *cs = calloc((size_t)n, sizeof(churn_t));
+    t_start = now_ns();
+    t_measure = t_start + (uint64_t)(opt_warmup * 1e9);
+    t_end = t_measure + (uint64_t)(opt_duration * 1e9);
+    for (int i = 0; i < n; i++) churn_start(&cs[i]);
+    uint64_t drain_end = t_end + 2000000000ull; /* let the last clients finish, 2 s at most */
+    for (;;) {
+        uint64_t t = now_ns();
+        int running = t < t_end;
+        int active = 0;
+        for (int i = 0; i < n; i++) {
+            churn_t *c = &cs[i];
+            if (c->fd >= 0 && t - c->t0 > CHURN_TIMEOUT_NS) churn_end(c, &churn_timeouts);
+            if (c->fd < 0 && running) churn_start(c);
+            active += c->fd >= 0;
+        }
+        if (!running && (active == 0 || t > drain_end)) break;
+        int k = epoll_wait(ep, events, 1024, 10);
+        for (int i = 0; i < k; i++) {
+            churn_t *c = events[i].data.ptr;
+            if (c->fd >= 0) churn_event(c, events[i].events);
+        }
+        /* start replacements at once, not only on the next pass */
+        if (running)
+            for (int i = 0; i < k; i++) {
+                churn_t *c = events[i].data.ptr;
+                if (c->fd < 0) churn_start(c);
+            }
+    }
+    int unfinished = 0;
+    for (int i = 0; i < n; i++) {
+        if (cs[i].fd >= 0) {
+            churn_end(&cs[i], NULL);
+            unfinished++;
+        }
+    }
+    uint64_t errors = churn_refused + churn_reset + churn_connect_errors + churn_early_close +
+                      churn_timeouts + churn_bad_greeting + churn_full + (uint64_t)unfinished;
+    printf("{\"mode\": \"churn\", \"conns\": %d, \"duration\": %.3f, \"warmup\": %.3f, "
+           "\"connections\": %llu, \"connections_total\": %llu, \"started\": %llu, "
+           "\"conns_per_sec\": %.1f, \"p50_us\": %llu, \"p99_us\": %llu, \"p999_us\": %llu, "
+           "\"errors\": %llu, \"refused\": %llu, \"reset\": %llu, \"connect_errors\": %llu, "
+           "\"closed_early\": %llu, \"timeouts\": %llu, \"bad_greeting\": %llu, "
+           "\"server_full\": %llu, \"unfinished\": %d}\n",
+           n, opt_duration, opt_warmup, (unsigned long long)churn_done_window,
+           (unsigned long long)churn_done_total, (unsigned long long)churn_started,
+           (double)churn_done_window / opt_duration, (unsigned long long)hist_pct(50),
+           (unsigned long long)hist_pct(99), (unsigned long long)hist_pct(99.9),
+           (unsigned long long)errors, (unsigned long long)churn_refused,
+           (unsigned long long)churn_reset, (unsigned long long)churn_connect_errors,
+           (unsigned long long)churn_early_close, (unsigned long long)churn_timeouts,
+           (unsigned long long)churn_bad_greeting, (unsigned long long)churn_full, unfinished);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) usage();
     if (!strcmp(argv[1], "echo")) mode = MODE_ECHO;
     else if (!strcmp(argv[1], "chat")) mode = MODE_CHAT;
     else if (!strcmp(argv[1], "idle")) mode = MODE_IDLE;
+    else if (!strcmp(argv[1], "churn")) mode = MODE_CHURN;
     else usage();
     parse_args(argc, argv);
-    if (opt_conns < 0) opt_conns = mode == MODE_ECHO ? 100 : mode == MODE_CHAT ? 500 : 10000;
+    if (opt_conns < 0)
+        opt_conns = mode == MODE_ECHO    ? 100
+                    : mode == MODE_CHAT  ? 500
+                    : mode == MODE_CHURN ? 50
+                                         : 10000;
     raise_nofile();
     for (size_t i = 0; i < sizeof payload_fill; i++) payload_fill[i] = (char)('a' + i % 26);
     memset(&target, 0, sizeof target);
@@ -649,6 +939,7 @@ int main(int argc, char **argv) {
     switch (mode) {
     case MODE_ECHO: return run_echo();
     case MODE_CHAT: return run_chat();
+    case MODE_CHURN: return run_churn();
     default: return run_idle();
     }
 }

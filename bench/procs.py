@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,11 @@ class ServerSpec:
     redis_channel: str = "gserver:events"
     # Sent on connecting, for servers that greet nobody (Redis): ready once answered.
     probe: bytes = b""
+    # A WebSocket server: loadgen's clients speak WebSocket on this path (--ws).
+    ws_path: str | None = None
+    # Why this server cannot run here (a program or package missing), or None; then only
+    # this server is left out of its scenario, with a note.
+    requires: Callable[[], str | None] | None = None
 
     def command(self, port: int, redis_port: int | None = None) -> list[str]:
         argv = [a.replace("{port}", str(port)) for a in self.argv]

@@ -1,4 +1,5 @@
-"""The scenarios (echo, chat, cluster, idle, startup, kv): which servers, what is measured, how.
+"""The scenarios (echo, chat, cluster, idle, startup, kv; ws-chat, ws-idle, tcp-web from
+ws.py): which servers, what is measured, how.
 
 Each scenario runs its servers alternately (A B A B ...) for ``rounds`` rounds; one run is
 one fresh server process measured by one loadgen process, both bounded in time.
@@ -163,7 +164,8 @@ def run_loadgen(
 
 
 def _common(run: Running) -> list[str]:
-    return ["--host", HOST, "--port", str(run.port)]
+    ws = ["--ws", run.spec.ws_path] if run.spec.ws_path else []
+    return ["--host", HOST, "--port", str(run.port), *ws]
 
 
 # -- echo ---------------------------------------------------------------------------------
@@ -297,7 +299,9 @@ def measure_idle(run: Running, cfg: Config, loadgen: Path) -> Metrics:
         time.sleep(cfg.idle_settle)
         after = rss_bytes(run.pid)
         try:
-            greeting_ms: float | None = greet(run.port, run.spec.greeting_end, 10.0) * 1000
+            greeting_ms: float | None = (
+                greet(run.port, run.spec.greeting_end, 10.0, probe=run.spec.probe) * 1000
+            )
         except (OSError, BenchError):
             greeting_ms = None
         assert proc.stdin is not None
@@ -386,7 +390,9 @@ class Scenario:
     requires: Callable[[], str | None] | None = None
 
 
-def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
+def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, Scenario]:
+    from bench.ws import ws_scenarios  # it builds on this module's parts
+
     us = "{:,.0f}"
     chat_cols = [
         Column("deliveries_per_sec", "deliveries/s"),
@@ -599,6 +605,7 @@ def scenarios(gserver_cwd: Path) -> dict[str, Scenario]:
             ],
             requires=redis_benchmark_available,
         ),
+        **ws_scenarios(gserver_cwd, baseline_cwd),
     }
 
 
@@ -641,6 +648,8 @@ def run_scenario(
 ) -> ScenarioResult:
     specs = [s for s in sc.specs if not (s.is_node and skip_node)]
     title = sc.title.format(**vars(cfg))
+    left_out = {s.label: why for s in specs if s.requires is not None and (why := s.requires())}
+    specs = [s for s in specs if s.label not in left_out]
     missing = sc.requires() if sc.requires is not None else None
     if missing:
         result = ScenarioResult(sc.name, title, [], sc.columns, sc.ratios)
@@ -655,6 +664,9 @@ def run_scenario(
     result = ScenarioResult(sc.name, title, specs, sc.columns, sc.ratios)
     if skip_node and any(s.is_node for s in sc.specs):
         result.notes.append(f"Node servers skipped: {skip_node}.")
+    for label, why in left_out.items():
+        result.notes.append(f"{label} skipped: {why}.")
+        print(f"[bench] NOTE: {label} skipped: {why}", file=sys.stderr, flush=True)
     for rnd in range(1, cfg.rounds + 1):
         for spec in specs:
             rr = RunResult(spec=spec, round=rnd)
