@@ -58,8 +58,10 @@ def handle(conn: Connection) -> None:
             return conn.close()
 
 
-# Redis keeps idle clients (pools hold connections for hours): no idle timeout by default.
+# Redis keeps idle clients (pools hold connections for hours): no idle timeout by default;
+# and it closes without a word at shutdown (plain text would corrupt a client's RESP).
 handle.default_idle_timeout = 0.0  # type: ignore[attr-defined]
+handle.shutdown_notice = None  # type: ignore[attr-defined]
 
 
 def read_command(conn: Connection) -> list[bytes]:

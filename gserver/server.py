@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -36,7 +37,7 @@ from gserver.listener import Acceptor, StartError, open_listener, raise_open_fil
 from gserver.logs import get_logger
 from gserver.registry import ChatRoom, ClusterLink, Registry
 from gserver.settings import IDLE_TIMEOUT_FOR_HANDLERS, Settings, SettingsError
-from gserver.sweeper import sweep_forever
+from gserver.sweeper import TIMEOUT_NOTICE, sweep_forever
 from gserver.tls import make_context
 
 Handler = Callable[[Connection], None]
@@ -44,6 +45,9 @@ SHUTTING_DOWN = "Server shutting down\n"
 # After the grace period, how long aborted clients get to unwind, and then how long
 # handlers that were killed get, before the server stops without them.
 UNWIND_SECONDS = 0.25
+# Linux gives every accepted socket the listener's TCP_NODELAY and keepalive options:
+# there they are set once on the listener, not with five system calls per client.
+OPTIONS_INHERITED = sys.platform.startswith("linux")
 
 __all__ = ["Companion", "Front", "Handler", "Server", "StartError", "Stats"]
 
@@ -129,6 +133,11 @@ class Server:
             if s.idle_timeout is not None
             else getattr(handler, "default_idle_timeout", IDLE_TIMEOUT_FOR_HANDLERS)
         )
+        # What a client is told as the server stops; a handler speaking a protocol of its
+        # own may say it its own way (bytes or text), or not at all (None).
+        self.shutdown_notice: str | bytes | None = getattr(
+            handler, "shutdown_notice", SHUTTING_DOWN
+        )
         self.context = ConnectionContext(s, self.registry, self.stats, self.log)
         self.stopping = False
         self._live: dict[Connection, None] = {}
@@ -168,6 +177,8 @@ class Server:
         ip_known = not s.proxy_protocol and self.front is None
         self._admission = Admission(s, max_clients, self.stats, self.log, ip_known)
         self._listener = listener or open_listener(s.host, s.port, s.backlog)
+        if OPTIONS_INHERITED:
+            tune(self._listener, s.keepalive)
         for companion in self.companions:
             companion.start(self)
         if self.registry.link is not None:
@@ -175,7 +186,12 @@ class Server:
         self._acceptor = Acceptor(self._listener, self._admit, self.serve_accepted, self.log)
         self._acceptor.start()
         self.spawn_background(
-            sweep_forever, self.connections_now, self.idle_timeout, s.write_timeout, self.stats
+            sweep_forever,
+            self.connections_now,
+            self.idle_timeout,
+            s.write_timeout,
+            self.stats,
+            getattr(self.handler, "timeout_notice", TIMEOUT_NOTICE),
         )
         if self.on_start is not None:
             self.on_start(self)
@@ -265,7 +281,8 @@ class Server:
         for greenlet in self._background:
             greenlet.kill(block=False)
         for conn in list(self._live):
-            conn.send(SHUTTING_DOWN)
+            if self.shutdown_notice:
+                conn.send(self.shutdown_notice)
             conn.close(CloseReason.SHUTDOWN)
         self.context.flush_queue.flush()
         self._drained.wait(timeout=grace)
@@ -376,7 +393,8 @@ class Server:
         if self.stopping:  # accepted just before the stop began
             sock.close()
             return
-        tune(sock, s.keepalive)
+        if front is not None or not OPTIONS_INHERITED:  # a listener of the front's own
+            tune(sock, s.keepalive)
         if s.proxy_protocol or self.tls_context is not None:
             prepared = prepare(
                 sock,
@@ -454,8 +472,14 @@ class Server:
         stats.bytes_in += conn.bytes_in
         stats.bytes_out += conn.bytes_out
         stats.messages_out += conn.messages_out
-        conn.log.info(
+        # conn.log.info(...), without binding a logger for one line where the client has
+        # none of its own: the same fields, in the same order.
+        log, context = conn._log, {}
+        if log is None:
+            log, context = self.log, {"client": conn.peer}
+        log.info(
             "disconnect",
+            **context,
             reason=str(conn.close_reason),
             transport=conn.transport,
             duration=round(compat.loop_now() - conn.connected_at, 3),

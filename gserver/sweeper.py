@@ -25,6 +25,7 @@ def sweep_forever(
     idle_timeout: float,
     write_timeout: float,
     stats: Stats,
+    timeout_notice: str | bytes | None = TIMEOUT_NOTICE,
 ) -> None:
     interval = sweep_interval(idle_timeout, write_timeout)
     while True:
@@ -43,5 +44,6 @@ def sweep_forever(
             ):
                 stats.idle_timeouts += 1
                 conn.log.info("idle_timeout", idle_timeout=idle_timeout)
-                conn.send(TIMEOUT_NOTICE)
+                if timeout_notice:
+                    conn.send(timeout_notice)
                 conn.close(CloseReason.IDLE_TIMEOUT)

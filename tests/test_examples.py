@@ -5,6 +5,7 @@ library's smtplib for examples/smtp_sink.py."""
 from __future__ import annotations
 
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
@@ -296,3 +297,22 @@ def test_a_client_that_ignores_size_is_cut_off(sink: RunningGserver) -> None:
         c.send(b"y" * 150_000)
         assert c.read_line() == "552 5.3.4 Message size exceeds fixed limit"
     assert not sink.events("mail_received")
+
+
+# -- notices in a protocol's own words -------------------------------------------------------
+
+
+def test_kv_closes_without_a_plain_text_word_at_shutdown(gserver_serve) -> None:
+    with gserver_serve("examples.kv:handle") as server, server.client() as client:
+        client.send(b"PING\r\n")
+        assert client.read_until(b"\r\n") == b"+PONG\r\n"
+        server.signal(signal.SIGTERM)
+        # Redis's way: the connection ends; no "Server shutting down" to corrupt RESP.
+        assert client.read_to_close() == ""
+
+
+def test_smtp_says_421_when_idle_too_long(gserver_serve) -> None:
+    serving = gserver_serve("examples.smtp_sink:handle", idle_timeout=0.5)
+    with serving as server, server.client() as client:
+        assert client.read_line().startswith("220 ")
+        assert client.read_to_close() == "421 4.4.2 Idle too long, closing\r\n"
