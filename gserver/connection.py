@@ -261,7 +261,10 @@ class Connection:
             self._read_watcher = compat.io_watcher(sock.fileno(), compat.READ)
         self._write_watcher: Any = None
         self._buffer: ReceiveBuffer | None = None  # made by the first read that needs it
-        self._drained_input = False
+        # A new client has rarely sent anything yet (it waits for a greeting): the first
+        # read waits for readiness instead of failing with EAGAIN (a plain socket only;
+        # TLS may hold decrypted bytes that the socket no longer shows).
+        self._drained_input = self._raw is not None and not first_input
         self._outbox: list[bytes] = []
         self._queued = 0
         self._flush_scheduled = False
@@ -429,6 +432,13 @@ class Connection:
         ``max_line_bytes``; the line is skipped), :class:`IncompleteRead` at end of
         stream, ``TimeoutError`` after ``timeout`` seconds."""
         most = self._context.settings.max_line_bytes if limit is None else limit
+        buffer = self._buffer
+        if buffer is not None:  # the common case in a pipelined protocol: here already
+            found = buffer.take_line(most)
+            if found.__class__ is bytes:
+                return found
+            if found is not None:
+                raise LimitExceeded(most)
         return self._read(lambda buffer: buffer.take_line(most), most, timeout)
 
     def read_exactly(self, count: int, timeout: float | None = None) -> bytes:
@@ -436,6 +446,11 @@ class Connection:
         ``TimeoutError`` after ``timeout`` seconds."""
         if count < 0:
             raise ValueError(f"read_exactly() needs a count >= 0, got {count}")
+        buffer = self._buffer
+        if buffer is not None:
+            found = buffer.take_exactly(count)
+            if found is not None:
+                return found
         return self._read(lambda buffer: buffer.take_exactly(count), count, timeout)
 
     def read_until(
@@ -780,6 +795,16 @@ class Connection:
             self._socket.shutdown(socket.SHUT_WR)
         except OSError:
             return
+        if self._raw is not None:
+            # Most clients have closed their side already (that is often why the handler
+            # ended): then there is nothing to wait for, and no timer is needed.
+            try:
+                if not self._raw.recv_into(_receive_buffer):
+                    return
+            except BlockingIOError:
+                pass
+            except OSError:
+                return
         with gevent.Timeout(LINGER_SECONDS, False):
             while self._receive_discarding():
                 pass
