@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -26,18 +27,27 @@ import gevent.event
 import redis
 from gevent.queue import Full, Queue
 
+from gserver.protocol.chat import Entered
 from gserver.protocol.cluster import (
+    Ban,
     ClientCount,
     ClusterCodecError,
     Event,
     Holder,
+    Seat,
+    Unban,
     decode_holders,
     decode_message,
+    decode_said,
+    decode_seat,
     encode_holder,
     encode_message,
+    encode_said,
+    encode_seat,
     node_prefix,
 )
-from gserver.registry import LinkState, Registry
+from gserver.protocol.rooms import room_key
+from gserver.registry import LinkState, Registry, RoomView
 
 HEARTBEAT_SECONDS = 2.0
 NODE_TTL = 6  # seconds: a node silent this long is gone, and so are its users
@@ -98,6 +108,152 @@ return 1
 """
 
 
+# -- rooms ----------------------------------------------------------------------------------
+# The rooms hash maps a room's key to its name as first written; a room's members hash maps
+# "node|uid" to "stamp|op|name" (protocol/cluster.py's seats); the topics hash maps a room's
+# key to its topic; a room's history is a list of "ms|line", newest first, cut to
+# history_lines; the bans hash maps an address to when its ban ends (ms since the epoch).
+# A room but the default one ends, with its members hash, topic and history, when nobody on
+# a live node is left in it.  Shared by the scripts below.
+_ROOMS_LIB = r"""
+local function node_of(field) return string.match(field, '^([^|]*)|') end
+local function live(nodes, node_prefix, node)
+  local known = nodes[node]
+  if known == nil then
+    known = redis.call('EXISTS', node_prefix .. node) == 1
+    nodes[node] = known
+  end
+  return known
+end
+local function end_if_empty(rooms, topics, members, history, key, default, node_prefix)
+  if key == default then return end
+  local nodes = {}
+  for _, field in ipairs(redis.call('HKEYS', members)) do
+    local node = node_of(field)
+    if node and live(nodes, node_prefix, node) then return end
+  end
+  redis.call('DEL', members, history)
+  redis.call('HDEL', rooms, key)
+  redis.call('HDEL', topics, key)
+end
+"""
+# Seat a member (field ARGV[3], value ARGV[4]) in room ARGV[1] (KEYS[3], history KEYS[4]),
+# made as ARGV[2] unless ARGV[5] > 0 rooms exist; out of room ARGV[6] (KEYS[5] and KEYS[6];
+# '' for none), which may end.  {0}: too many rooms; else {1, the room as first written,
+# its topic, its last ARGV[9] lines}.
+_SIT = (
+    _ROOMS_LIB
+    + r"""
+local display = redis.call('HGET', KEYS[1], ARGV[1])
+if not display then
+  local limit = tonumber(ARGV[5])
+  if limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then return {0} end
+  display = ARGV[2]
+  redis.call('HSET', KEYS[1], ARGV[1], display)
+end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[6] ~= '' and ARGV[6] ~= ARGV[1] then
+  redis.call('HDEL', KEYS[5], ARGV[3])
+  end_if_empty(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[6], ARGV[7], ARGV[8])
+end
+local history = {}
+if tonumber(ARGV[9]) > 0 then history = redis.call('LRANGE', KEYS[4], 0, tonumber(ARGV[9]) - 1) end
+return {1, display, redis.call('HGET', KEYS[2], ARGV[1]), history}
+"""
+)
+# A member (field ARGV[1]) leaves room ARGV[2], which may end.
+_STAND = (
+    _ROOMS_LIB
+    + r"""
+redis.call('HDEL', KEYS[3], ARGV[1])
+end_if_empty(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4])
+return 1
+"""
+)
+# The seats of room KEYS[1] held by live nodes but ARGV[2], as field, value, ...
+_ROSTER = (
+    _ROOMS_LIB
+    + r"""
+local seats, nodes = {}, {}
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local node = node_of(flat[i])
+  if node and node ~= ARGV[2] and live(nodes, ARGV[1], node) then
+    table.insert(seats, flat[i])
+    table.insert(seats, flat[i + 1])
+  end
+end
+return seats
+"""
+)
+# Every room (as first written) and its members on live nodes but ARGV[3], as room, count.
+_COUNTS = (
+    _ROOMS_LIB
+    + r"""
+local counts, nodes = {}, {}
+local rooms = redis.call('HGETALL', KEYS[1])
+for i = 1, #rooms, 2 do
+  local count = 0
+  for _, field in ipairs(redis.call('HKEYS', ARGV[1] .. rooms[i] .. ':members')) do
+    local node = node_of(field)
+    if node and node ~= ARGV[3] and live(nodes, ARGV[2], node) then count = count + 1 end
+  end
+  table.insert(counts, rooms[i + 1])
+  table.insert(counts, count)
+end
+return counts
+"""
+)
+# Room ARGV[1]'s topic is ARGV[2] (only if it has none, when ARGV[4] is '1'), if the room
+# is there (ARGV[3]: the default room, always there).
+_TOPIC = r"""
+if ARGV[1] ~= ARGV[3] and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[4] == '1' then return redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+# A line (ARGV[2]) for room ARGV[1]'s history (KEYS[2]), which keeps its last ARGV[3], if
+# the room is still there: a line that comes after the room ended does not outlive it.
+_RECORD = r"""
+if ARGV[1] ~= ARGV[4] and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+return 1
+"""
+# Seats of dead nodes go, and so do the rooms left empty by them; and bans that have ended
+# (ARGV[4]: now, in ms).
+_PRUNE_ROOMS = (
+    _ROOMS_LIB
+    + r"""
+local nodes = {}
+for _, key in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local members = ARGV[1] .. key .. ':members'
+  for _, field in ipairs(redis.call('HKEYS', members)) do
+    local node = node_of(field)
+    if not node or not live(nodes, ARGV[2], node) then redis.call('HDEL', members, field) end
+  end
+  end_if_empty(KEYS[1], KEYS[2], members, ARGV[1] .. key .. ':history', key, ARGV[3], ARGV[2])
+end
+local bans = redis.call('HGETALL', KEYS[3])
+for i = 1, #bans, 2 do
+  local ends = tonumber(bans[i + 1])
+  if not ends or ends <= tonumber(ARGV[4]) then redis.call('HDEL', KEYS[3], bans[i]) end
+end
+return 1
+"""
+)
+
+
+class _Store:
+    """In the publishing queue: a write to Redis, made in the pipeline of its loop turn
+    before the events (so that a node told of it finds it there)."""
+
+    __slots__ = ("apply",)
+
+    def __init__(self, apply: Callable[[Any], Any]) -> None:
+        self.apply = apply
+
+
 def redact(url: str) -> str:
     """The URL without its password, for logs."""
     if "@" not in url:
@@ -120,6 +276,10 @@ class Backplane:
         self.names_key = f"{prefix}:names"
         self.counts_key = f"{prefix}:counts"
         self.node_key_prefix = f"{prefix}:node:"
+        self.rooms_key = f"{prefix}:rooms"
+        self.topics_key = f"{prefix}:topics"
+        self.bans_key = f"{prefix}:bans"
+        self.room_key_prefix = f"{prefix}:room:"  # then the room's key and :members or :history
         self.up = False
         self.events_in = 0
         self.events_out = 0
@@ -138,6 +298,7 @@ class Backplane:
         self._tried: gevent.event.Event | None = None
         self._registry: Registry | None = None
         self._greenlets: list[gevent.Greenlet] = []
+        self._bans_announced: set[str] = set()  # what Redis had when this node announced
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -152,15 +313,32 @@ class Backplane:
         # A bounded pool that makes greenlets wait their turn: with a plain pool, hundreds
         # of clients joining at once would exhaust it ("Too many connections") and look
         # like Redis going down.
+        # Lines and topics may hold the surrogate escapes of bytes that were not UTF-8: they
+        # are stored as those bytes, and read back as the same escapes.
         pool = redis.BlockingConnectionPool.from_url(
-            self.url, max_connections=POOL_SIZE, timeout=POOL_WAIT, decode_responses=True, **options
+            self.url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT,
+            decode_responses=True,
+            encoding_errors="surrogateescape",
+            **options,
         )
         self.client = redis.Redis(connection_pool=pool)
         # Events arrive as bytes (a payload need not be UTF-8): a client of their own.
         self._raw = redis.Redis.from_url(self.url, **options)
         self._scripts = {
             name: self.client.register_script(source)
-            for name, source in (("hold", _HOLD), ("release", _RELEASE))
+            for name, source in (
+                ("hold", _HOLD),
+                ("release", _RELEASE),
+                ("sit", _SIT),
+                ("stand", _STAND),
+                ("roster", _ROSTER),
+                ("counts", _COUNTS),
+                ("topic", _TOPIC),
+                ("record", _RECORD),
+                ("prune_rooms", _PRUNE_ROOMS),
+            )
         }
         self._queue = Queue(QUEUE_LIMIT)
         self._tried = gevent.event.Event()
@@ -183,6 +361,8 @@ class Backplane:
                 pipe.publish(self.channel, encode_message(self.node, [ClientCount(0)]))
                 for key, _, _ in self._registry.room.local_entries():
                     self._release(key, self.node, pipe=pipe)
+                for room, seat in self._registry.room.local_seats():
+                    self._stand(room_key(room), seat.uid, pipe)
                 pipe.execute()
         except (*REDIS_ERRORS, gevent.Timeout):
             pass
@@ -265,10 +445,13 @@ class Backplane:
             while len(batch) < BATCH_EVENTS and not queue.empty():
                 batch.append(queue.get_nowait())
             events: list[Event] = []
+            stores: list[_Store] = []
             for item in batch:
                 if item is _COUNT:
                     self._count_queued = False
                     events.append(ClientCount(self._count))
+                elif isinstance(item, _Store):
+                    stores.append(item)
                 else:
                     events.append(item)
             if not self.up:
@@ -277,7 +460,10 @@ class Backplane:
             message, events = self._encode(events)
             try:
                 pipe = self.client.pipeline(transaction=False)
-                pipe.publish(self.channel, message)
+                for store in stores:
+                    store.apply(pipe)
+                if events:
+                    pipe.publish(self.channel, message)
                 if self._count_in(events):
                     pipe.hset(self.counts_key, self.node, self._count)
                 pipe.execute()
@@ -383,6 +569,7 @@ class Backplane:
         for node in set(counts) - alive:
             pipe.hdel(self.counts_key, node)
         pipe.execute()
+        self._prune_rooms()
 
     def _announce(self) -> None:
         """(Re)publish this node's presence: heartbeat, client count, the names it holds.
@@ -402,11 +589,13 @@ class Backplane:
         announced: dict[str, tuple[str, int] | None] = {
             key: None for key, holders in self._held().items() if self._holds(holders)
         }
+        seated = self._announce_rooms()
         while True:
             here = {key: (name, stamp) for key, name, stamp in room.local_entries()}
             changed = [(key, held) for key, held in here.items() if announced.get(key) != held]
             gone = [key for key in announced if key not in here]
-            if not changed and not gone:
+            # Then the seats, likewise: a pass that finds nothing to do does not yield.
+            if not changed and not gone and not self._announce_seats(seated):
                 return
             for key, (name, stamp) in changed:
                 if self._hold(key, name, stamp, insist=True) == 2:
@@ -524,3 +713,233 @@ class Backplane:
             if held_key == key:
                 return holder.name
         return None
+
+    # -- ClusterLink: rooms ----------------------------------------------------------------
+
+    def _room_keys(self, key: str) -> tuple[str, str]:
+        """The members hash and the history list of the room with ``key``."""
+        return f"{self.room_key_prefix}{key}:members", f"{self.room_key_prefix}{key}:history"
+
+    def _default_key(self) -> str:
+        assert self._registry is not None
+        return self._registry.room.rooms.default_key
+
+    def sit(
+        self,
+        room: str,
+        seat: Seat,
+        leaving: str | None = None,
+        max_rooms: int = 0,
+        lines: int = 0,
+    ) -> tuple[Entered, RoomView] | None:
+        if not self.up:
+            return None
+        old_key = "" if leaving is None else room_key(leaving)
+        try:
+            reply = self._sit(room_key(room), room, seat, old_key, max_rooms, lines)
+        except REDIS_ERRORS as exc:
+            self._mark(False, exc)
+            return None
+        if not reply or reply[0] == 0:
+            return Entered.TOO_MANY_ROOMS, RoomView(room)
+        _, display, topic, entries = reply
+        return Entered.JOINED, RoomView(display, topic, self._history(entries))
+
+    def _sit(
+        self,
+        key: str,
+        display: str,
+        seat: Seat,
+        old_key: str = "",
+        max_rooms: int = 0,
+        lines: int = 0,
+    ) -> Any:
+        members, history = self._room_keys(key)
+        old_members, old_history = self._room_keys(old_key or key)
+        field, value = encode_seat(self.node, seat)
+        keys = [self.rooms_key, self.topics_key, members, history, old_members, old_history]
+        args = [key, display, field, value, max_rooms, old_key, self._default_key()]
+        args += [self.node_key_prefix, lines]
+        return self._scripts["sit"](keys=keys, args=args)
+
+    def stand(self, room: str, uid: int) -> None:
+        if not self.up:
+            return  # the seat is put right when the link is back (_announce_seats)
+        try:
+            self._stand(room_key(room), uid)
+        except REDIS_ERRORS as exc:
+            self._mark(False, exc)
+
+    def _stand(self, key: str, uid: int, pipe: Any = None) -> None:
+        members, history = self._room_keys(key)
+        field, _ = encode_seat(self.node, Seat(uid, 0, "-"))
+        keys = [self.rooms_key, self.topics_key, members, history]
+        args = [field, key, self._default_key(), self.node_key_prefix]
+        self._scripts["stand"](keys=keys, args=args, client=pipe)
+
+    def look(self, room: str, lines: int = 0) -> RoomView | None:
+        if not self.up:
+            return None
+        key = room_key(room)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(self.rooms_key, key)
+            pipe.hget(self.topics_key, key)
+            if lines > 0:
+                pipe.lrange(self._room_keys(key)[1], 0, lines - 1)
+            display, topic, *entries = pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._mark(False, exc)
+            return None
+        return RoomView(display or room, topic, self._history(entries[0] if entries else []))
+
+    def _history(self, entries: list[str]) -> list[tuple[int, str]]:
+        """A history list as Redis keeps it (newest first): oldest first, the bad left out."""
+        history = []
+        for entry in reversed(entries):
+            try:
+                history.append(decode_said(entry))
+            except ClusterCodecError as exc:
+                self.log.warning("bad_history_entry", error=str(exc))
+        return history
+
+    def seats(self, room: str) -> list[Seat] | None:
+        if not self.up:
+            return None
+        members, _ = self._room_keys(room_key(room))
+        try:
+            flat = self._scripts["roster"](keys=[members], args=[self.node_key_prefix, self.node])
+        except REDIS_ERRORS as exc:
+            self._mark(False, exc)
+            return None
+        seats = []
+        for field, value in zip(flat[::2], flat[1::2], strict=True):
+            try:
+                seats.append(decode_seat(field, value)[1])
+            except ClusterCodecError as exc:
+                self.log.warning("bad_seat", room=room, error=str(exc))
+        return seats
+
+    def room_counts(self) -> list[tuple[str, int]] | None:
+        if not self.up:
+            return None
+        try:
+            flat = self._scripts["counts"](
+                keys=[self.rooms_key],
+                args=[self.room_key_prefix, self.node_key_prefix, self.node],
+            )
+        except REDIS_ERRORS as exc:
+            self._mark(False, exc)
+            return None
+        return [(str(room), int(count)) for room, count in zip(flat[::2], flat[1::2], strict=True)]
+
+    def set_topic(self, room: str, text: str) -> None:
+        if not self.up:
+            return
+        try:
+            self._set_topic(room_key(room), text)
+        except REDIS_ERRORS as exc:
+            self._mark(False, exc)
+
+    def _set_topic(self, key: str, text: str, only_if_none: bool = False, pipe: Any = None) -> None:
+        args = [key, text, self._default_key(), "1" if only_if_none else "0"]
+        self._scripts["topic"](keys=[self.rooms_key, self.topics_key], args=args, client=pipe)
+
+    def record(self, room: str, moment_ms: int, line: str, lines: int) -> None:
+        """Queued with the events of this loop turn: a line said costs no round trip."""
+        try:
+            entry = encode_said(moment_ms, line)
+        except ClusterCodecError:
+            return  # no node could deliver it: its event is refused too
+        key = room_key(room)
+        keys = [self.rooms_key, self._room_keys(key)[1]]
+        args = [key, entry, lines, self._default_key()]
+        self._enqueue(_Store(lambda pipe: self._scripts["record"](keys, args, client=pipe)))
+
+    def ban(self, address: str, until_ms: int) -> None:
+        self._enqueue(_Store(lambda pipe: pipe.hset(self.bans_key, address, until_ms)))
+        self.publish(Ban(address, until_ms))
+
+    def unban(self, address: str) -> None:
+        self._enqueue(_Store(lambda pipe: pipe.hdel(self.bans_key, address)))
+        self.publish(Unban(address))
+
+    def _stored_bans(self) -> dict[str, int]:
+        """The bans hash: address -> when the ban ends (ms), the malformed left out."""
+        bans = {}
+        for address, until in cast(dict[str, str], self.client.hgetall(self.bans_key)).items():
+            with contextlib.suppress(ValueError):
+                bans[address] = int(until)
+        return bans
+
+    def _prune_rooms(self) -> None:
+        keys = [self.rooms_key, self.topics_key, self.bans_key]
+        args = [self.room_key_prefix, self.node_key_prefix, self._default_key()]
+        self._scripts["prune_rooms"](keys=keys, args=[*args, int(time.time() * 1000)])
+
+    def _announce_rooms(self) -> dict[int, tuple[str, str]]:
+        """(Re)publish this node's part of the rooms, once Redis is there again: the default
+        room; bans set here while it was away, then every node's bans here; topics set here
+        while it was away, for rooms that have none.  The seats this node has in Redis, for
+        _announce_seats: uid -> (room key, seat as written)."""
+        assert self._registry is not None
+        room = self._registry.room
+        rooms = room.rooms
+        self.client.hsetnx(self.rooms_key, rooms.default_key, rooms.default)
+        stored = self._stored_bans()
+        pipe = self.client.pipeline(transaction=False)
+        for address, until in room.local_bans().items():
+            until_ms = round(until * 1000)
+            if stored.get(address, 0) < until_ms:
+                pipe.hset(self.bans_key, address, until_ms)
+                stored[address] = until_ms
+        for display, _ in rooms.listing():
+            topic = rooms.topic(display)
+            if topic is not None:
+                self._set_topic(room_key(display), topic, only_if_none=True, pipe=pipe)
+        pipe.execute()
+        now_ms = time.time() * 1000
+        room.replace_bans({a: until / 1000 for a, until in stored.items() if until > now_ms})
+        self._bans_announced = set(stored)
+        # Every seat of this node, wherever it is.
+        room_keys = cast(list[str], self.client.hkeys(self.rooms_key))
+        pipe = self.client.pipeline(transaction=False)
+        for key in room_keys:
+            pipe.hgetall(self._room_keys(key)[0])
+        seated: dict[int, tuple[str, str]] = {}
+        for key, members in zip(room_keys, pipe.execute(), strict=True):
+            for field, value in members.items():
+                with contextlib.suppress(ClusterCodecError):
+                    node, seat = decode_seat(field, value)
+                    if node == self.node:
+                        seated[seat.uid] = (key, value)
+        return seated
+
+    def _announce_seats(self, seated: dict[int, tuple[str, str]]) -> bool:
+        """One pass: this node's members' seats where they are now, and none where they are
+        not (joins, moves and quits made while Redis was away, or while this runs); bans
+        set or lifted here meanwhile.  True when it wrote anything."""
+        assert self._registry is not None
+        room = self._registry.room
+        wrote = False
+        here = {seat.uid: (display, seat) for display, seat in room.local_seats()}
+        for uid, (display, seat) in here.items():
+            wanted = (room_key(display), encode_seat(self.node, seat)[1])
+            if seated.get(uid) != wanted:
+                old_key = seated[uid][0] if uid in seated else ""
+                self._sit(wanted[0], display, seat, old_key)
+                seated[uid] = wanted
+                wrote = True
+        for uid in [uid for uid in seated if uid not in here]:
+            self._stand(seated.pop(uid)[0], uid)
+            wrote = True
+        bans = set(room.local_bans())
+        for address in bans - self._bans_announced:
+            until_ms = round(room.local_bans()[address] * 1000)
+            self.client.hset(self.bans_key, address, until_ms)
+            wrote = True
+        for address in self._bans_announced - bans:
+            self.client.hdel(self.bans_key, address)
+            wrote = True
+        self._bans_announced = bans
+        return wrote

@@ -56,13 +56,15 @@ class Rooms:
         """A new member: into the default room, last."""
         self._move(member, self._rooms[self.default_key])
 
-    def enter(self, member: Member, wanted: str) -> tuple[Entered, str]:
+    def enter(self, member: Member, wanted: str, limit: bool = True) -> tuple[Entered, str]:
+        """Move ``member`` to the room ``wanted`` (made if new, unless ``max_rooms`` rooms
+        exist and ``limit``: the cluster may have decided already)."""
         key = room_key(wanted)
         room = self._rooms.get(key)
         if room is not None and self._room_of.get(member) is room:
             return Entered.ALREADY_THERE, room.display
         if room is None:
-            if len(self._rooms) >= self.max_rooms:
+            if limit and len(self._rooms) >= self.max_rooms:
                 return Entered.TOO_MANY_ROOMS, wanted
             room = self._rooms[key] = Room(wanted)
         self._move(member, room)
