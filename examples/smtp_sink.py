@@ -101,10 +101,10 @@ def handle(conn: Connection) -> None:
                 conn.send(b"502 5.5.2 Error: command not recognized\r\n")
 
 
-
 # SMTP's own words for a server that goes away (RFC 5321: 421 closes the channel).
 handle.shutdown_notice = b"421 4.3.2 Service shutting down\r\n"  # type: ignore[attr-defined]
 handle.timeout_notice = b"421 4.4.2 Idle too long, closing\r\n"  # type: ignore[attr-defined]
+
 
 def read_message(conn: Connection) -> bytes:
     """What follows DATA, up to the line holding a lone ".", with dot-stuffing undone.
