@@ -222,6 +222,29 @@ def test_connection_state_and_close_reason_are_enums(serve) -> None:
     client.close()
 
 
+def test_text_is_sent_as_utf8_with_escaped_bytes_restored_and_lines_read_alike(serve) -> None:
+    """send() takes UTF-8's fast path and lines() decodes on it; both keep their rules:
+    a surrogate escape goes out as the byte it stands for, invalid input reads as U+FFFD."""
+    errors: list[str] = []
+
+    def handler(conn: Connection) -> None:
+        conn.send("café \udcff\n")  # surrogateescape: the byte 0xff itself
+        try:
+            conn.send("\ud800")  # a lone surrogate that is no escape: refused, as before
+        except UnicodeEncodeError:
+            errors.append("refused")
+        for line in conn.lines():
+            conn.send(f"{line}|\n")
+
+    server = serve(handler)
+    client = connect(server)
+    assert read_until(client, b"\n") == "café ".encode() + b"\xff\n"
+    client.sendall("naïve\n".encode() + b"bad \x80\xfe\n")  # (0xff would be telnet's IAC)
+    assert read_until(client, "\ufffd|\n".encode()) == "naïve|\nbad \ufffd\ufffd|\n".encode()
+    assert errors == ["refused"]
+    client.close()
+
+
 def test_a_handler_served_as_a_library_gets_the_handlers_default_idle_timeout() -> None:
     server = Server(lambda conn: None, Settings())
     assert server.idle_timeout == 30.0  # not chat mode's 600 s
