@@ -127,11 +127,15 @@ local function live(nodes, node_prefix, node)
 end
 local function end_if_empty(rooms, topics, members, history, key, default, node_prefix)
   if key == default then return end
-  local nodes = {}
-  for _, field in ipairs(redis.call('HKEYS', members)) do
-    local node = node_of(field)
-    if node and live(nodes, node_prefix, node) then return end
-  end
+  local nodes, cursor = {}, '0'
+  repeat
+    local page = redis.call('HSCAN', members, cursor, 'COUNT', 100)
+    cursor = page[1]
+    for i = 1, #page[2], 2 do
+      local node = node_of(page[2][i])
+      if node and live(nodes, node_prefix, node) then return end
+    end
+  until cursor == '0'
   redis.call('DEL', members, history)
   redis.call('HDEL', rooms, key)
   redis.call('HDEL', topics, key)
@@ -140,10 +144,14 @@ end
 # Seat a member (field ARGV[3], value ARGV[4]) in room ARGV[1] (KEYS[3], history KEYS[4]),
 # made as ARGV[2] unless ARGV[5] > 0 rooms exist; out of room ARGV[6] (KEYS[5] and KEYS[6];
 # '' for none), which may end.  {0}: too many rooms; else {1, the room as first written,
-# its topic, its last ARGV[9] lines}.
+# its topic, its last ARGV[9] lines}.  A room whose last members were on nodes that died
+# ended with them: it is made anew, without their topic and history.
 _SIT = (
     _ROOMS_LIB
     + r"""
+if ARGV[6] ~= ARGV[1] then
+  end_if_empty(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[7], ARGV[8])
+end
 local display = redis.call('HGET', KEYS[1], ARGV[1])
 if not display then
   local limit = tonumber(ARGV[5])

@@ -373,6 +373,39 @@ def test_max_rooms_counts_the_rooms_of_every_node(start_server, redis_server: Re
         client.close()
 
 
+def test_a_room_ends_with_its_last_user_on_a_node_that_died(
+    start_server, redis_server: Redis
+) -> None:
+    one = chat_node(start_server, redis_server, "--history-lines", "3")
+    two = chat_node(start_server, redis_server, "--history-lines", "3")
+    alice = chat_join(one.port, "alice")
+    carol = chat_join(two.port, "carol")
+    assert alice.read_line() == "carol joined the chat\n"
+    carol.send_line("/join #dev")
+    assert carol.read_line() == "You joined #dev\n"
+    assert alice.read_line() == "carol went to #dev\n"
+    carol.send_line("/topic secret plans")
+    assert carol.read_line() == "carol set the topic: secret plans\n"
+    carol.send_line("said in dev")
+    assert carol.read_line() == "[carol]: said in dev\n"
+    wait_until(lambda: history_length(redis_server, "#dev") == 1, WAIT, "the line stored")
+    two.proc.kill()  # no goodbye: only the heartbeat's expiry tells
+    two.wait()
+    carol.close()
+
+    def dev_gone() -> bool:
+        alice.send_line("/rooms")
+        return alice.read_line() == "Rooms: #lobby (1)\n"
+
+    wait_until(dev_gone, WAIT, "the dead node's room is not listed", interval=0.5)
+    alice.send_line("/join #dev")
+    assert alice.read_line() == "You joined #dev\n"  # no topic, no history
+    alice.send_line("/topic")
+    assert alice.read_line() == "No topic for #dev\n"
+    assert history_length(redis_server, "#dev") == 0
+    alice.close()
+
+
 _REPLIES = ("You ", "Too many", "Online users", "Rooms: ")
 
 
