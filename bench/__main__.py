@@ -23,12 +23,12 @@ from bench.procs import (
 from bench.report import chart, markdown, stdout_summary
 from bench.scenarios import Config, run_scenario, scenarios
 
-ALL = ("echo", "chat", "cluster", "idle", "startup", "kv", "ws-chat", "ws-idle", "tcp-web")
+ALL = ("echo", "chat", "cluster", "idle", "startup", "churn", "kv", "ws-chat", "ws-idle", "tcp-web")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--rounds", type=int, help="rounds per server, medians taken (default 3)")
+    p.add_argument("--rounds", type=int, help="rounds per server, medians taken (default 5)")
     p.add_argument("--duration", type=float, help="measured seconds per run (default 5)")
     p.add_argument("--warmup", type=float, help="unmeasured seconds before each run (default 1)")
     p.add_argument("--idle-conns", type=int, help="connections in the idle scenario (10000)")

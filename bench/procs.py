@@ -194,14 +194,30 @@ def gserver_workers(mode: str, workers: int, cwd: Path = REPO) -> ServerSpec:
     )
 
 
-def node(script: str) -> ServerSpec:
+def gserver_defaults(mode: str, cwd: Path = REPO) -> ServerSpec:
+    """``python -m gserver --mode MODE`` with every other setting at its default (log
+    level info, JSON logs to the log file), but host and port; run from bench/build, where
+    no conf/gserver.toml lies, with the gserver package found there first on PYTHONPATH."""
+    return ServerSpec(
+        key=f"gserver-{mode}",
+        label=f"gserver {mode} (default settings)",
+        argv=(sys.executable, "-m", "gserver", "--mode", mode, "--host", HOST, "--port", "{port}"),
+        greeting_end=b"username: " if mode == "chat" else b"\n",
+        env=(("PYTHONPATH", str(cwd)),),
+        cwd=BUILD,
+    )
+
+
+def node(script: str, quiet: bool = True) -> ServerSpec:
+    """One of the seed's Node servers; ``quiet=False`` keeps its console.log lines (each
+    connection logged, to the log file)."""
     mode = script.split("-")[0]
     return ServerSpec(
         key=f"node-{mode}",
-        label=f"node {script}",
+        label=f"node {script}" + ("" if quiet else " (logging)"),
         argv=("node", script),
         greeting_end=b"username: " if mode == "chat" else b"\n",
-        env=(("PORT", "{port}"), ("HOST", HOST), ("QUIET", "1")),
+        env=(("PORT", "{port}"), ("HOST", HOST), *((("QUIET", "1"),) if quiet else ())),
         cwd=REFERENCE,
         is_node=True,
     )
@@ -399,6 +415,10 @@ def serve(spec: ServerSpec, log_dir: Path) -> Iterator[Running]:
         port = free_port()
         log_path = log_dir / f"{spec.key}-{port}.log"
         env = dict(os.environ)
+        # Python servers run with their bytecode cached, as after pip install: in a
+        # directory of this run's own, whatever PYTHONDONTWRITEBYTECODE says here.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.setdefault("PYTHONPYCACHEPREFIX", str(log_dir.parent / "pycache"))
         env.update({k: v.replace("{port}", str(port)) for k, v in spec.env})
         with log_path.open("wb") as log:
             t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import selectors
 import statistics
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any
 
 from bench.procs import (
     BARE_GEVENT,
+    BENCH,
     C_ECHO,
     HOST,
     REDIS_SERVER,
@@ -34,6 +36,7 @@ from bench.procs import (
     established_inodes,
     greet,
     gserver,
+    gserver_defaults,
     gserver_kv,
     gserver_workers,
     node,
@@ -48,7 +51,7 @@ Metrics = dict[str, Any]
 
 @dataclass(frozen=True)
 class Config:
-    rounds: int = 3
+    rounds: int = 5
     duration: float = 5.0
     warmup: float = 1.0
     echo_conns: int = 100
@@ -58,6 +61,7 @@ class Config:
     chat_quiet: float = 2.0
     idle_conns: int = 10000
     idle_settle: float = 1.0
+    churn_conns: int = 50
     kv_requests: int = 200_000  # redis-benchmark -n without pipelining (4 times that with)
     kv_clients: int = 50
     kv_pipeline: int = 16
@@ -280,6 +284,18 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
+def greenlet_floor(count: int) -> float | None:
+    """Bytes per parked greenlet and nothing else (bench/greenlet_floor.py), with as many
+    greenlets as the server held clients; None if it could not be measured."""
+    cmd = [sys.executable, str(BENCH / "greenlet_floor.py"), "--count", str(count)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+        return float(json.loads(out.stdout)["bytes_per_greenlet"])
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        return None
+
+
 def measure_idle(run: Running, cfg: Config, loadgen: Path) -> Metrics:
     time.sleep(0.3)
     before = rss_bytes(run.pid)
@@ -313,13 +329,20 @@ def measure_idle(run: Running, cfg: Config, loadgen: Path) -> Metrics:
             proc.kill()
             proc.wait(5)
     held = int(ready.get("conns_ready", 0))
+    per_conn = (after - before) / held if held else None
+    floor = share = None
+    if run.spec.key.startswith("gserver") and per_conn is not None:
+        floor = greenlet_floor(held)
+        share = per_conn - floor if floor is not None else None
     return {
         "conns": cfg.idle_conns,
         "conns_ready": held,
         "setup_secs": ready.get("setup_secs"),
         "rss_before_mib": before / 2**20,
         "rss_after_mib": after / 2**20,
-        "bytes_per_conn": (after - before) / held if held else None,
+        "bytes_per_conn": per_conn,
+        "greenlet_floor_bytes": floor,
+        "gserver_share_bytes": share,
         "new_client_greeting_ms": greeting_ms,
         "errors": int(ready.get("connect_errors", 0))
         + int(ready.get("greeting_errors", 0))
@@ -388,10 +411,14 @@ class Scenario:
     needs_redis: bool = False
     # Why the scenario cannot run here (a program missing), or None: then it is skipped.
     requires: Callable[[], str | None] | None = None
+    # Start and stop each server once before the rounds, unmeasured: its bytecode and
+    # the files it reads are then cached, as on a machine where it has run before.
+    warm_up_start: bool = False
 
 
 def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, Scenario]:
-    from bench.ws import ws_scenarios  # it builds on this module's parts
+    from bench.churn import churn_scenarios  # these build on this module's parts
+    from bench.ws import ws_scenarios
 
     us = "{:,.0f}"
     chat_cols = [
@@ -457,6 +484,29 @@ def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, 
                     "bare-gevent",
                     "round_trips_per_sec",
                     "higher",
+                ),
+                # The machine's limit with this load generator: the trivial C server.
+                Ratio(
+                    "echo, basic mode: gserver / C echo server round trips/s",
+                    "gserver-basic",
+                    "c-echo",
+                    "round_trips_per_sec",
+                    "higher",
+                ),
+                Ratio(
+                    "echo, echo mode: gserver / C echo server round trips/s",
+                    "gserver-echo",
+                    "c-echo",
+                    "round_trips_per_sec",
+                    "higher",
+                ),
+                Ratio(
+                    "echo, basic mode: Node / C echo server round trips/s",
+                    "node-basic",
+                    "c-echo",
+                    "round_trips_per_sec",
+                    "higher",
+                    "Node",
                 ),
             ],
         ),
@@ -532,6 +582,8 @@ def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, 
                 Column("rss_before_mib", "RSS before MiB", "{:,.1f}"),
                 Column("rss_after_mib", "RSS after MiB", "{:,.1f}"),
                 Column("bytes_per_conn", "bytes/conn"),
+                Column("greenlet_floor_bytes", "greenlet floor B"),
+                Column("gserver_share_bytes", "gserver's share B"),
                 Column("new_client_greeting_ms", "new client greeting ms", "{:,.2f}"),
                 Column("setup_secs", "ramp s", "{:,.2f}"),
                 Column("errors", "errors"),
@@ -562,14 +614,16 @@ def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, 
         ),
         "startup": Scenario(
             "startup",
-            "Startup: process start to the first greeting received",
-            [gserver("basic", cwd=gserver_cwd), node("basic-server.js")],
+            "Startup: process start to the first greeting received (default settings, each "
+            "server started once unmeasured before the rounds)",
+            [gserver_defaults("basic", cwd=gserver_cwd), node("basic-server.js")],
             measure_startup,
             [
                 Column("startup_ms", "startup ms", "{:,.1f}"),
                 Column("rss_mib", "RSS MiB", "{:,.1f}"),
             ],
             [Ratio("startup time", "gserver-basic", "node-basic", "startup_ms", "lower")],
+            warm_up_start=True,
         ),
         "kv": Scenario(
             "kv",
@@ -606,6 +660,7 @@ def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, 
             requires=redis_benchmark_available,
         ),
         **ws_scenarios(gserver_cwd, baseline_cwd),
+        **churn_scenarios(gserver_cwd),
     }
 
 
@@ -667,6 +722,11 @@ def run_scenario(
     for label, why in left_out.items():
         result.notes.append(f"{label} skipped: {why}.")
         print(f"[bench] NOTE: {label} skipped: {why}", file=sys.stderr, flush=True)
+    if sc.warm_up_start:
+        for spec in specs:
+            errors = (BenchError, OSError, subprocess.SubprocessError)
+            with contextlib.suppress(*errors), serve(spec, log_dir):
+                pass
     for rnd in range(1, cfg.rounds + 1):
         for spec in specs:
             rr = RunResult(spec=spec, round=rnd)
