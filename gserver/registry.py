@@ -151,20 +151,17 @@ class ClusterLink(Protocol):
 
 class _Entry:
     """A member of this node's room: its name as typed, its place in the join order,
-    since when it hears what other nodes say (kept across renames), ``uid`` for its seat
-    in the cluster's rooms, and since when it is in its room (``entered``)."""
+    since when it is in its room (``entered``: it hears what other nodes say there from
+    then on, and a rename keeps it), and ``uid``, its seat in the cluster's rooms."""
 
-    __slots__ = ("entered", "hears_since", "member", "name", "order", "uid")
+    __slots__ = ("entered", "member", "name", "order", "uid")
 
-    def __init__(
-        self, member: Member, name: str, order: int, hears_since: int, uid: int = 0
-    ) -> None:
+    def __init__(self, member: Member, name: str, order: int, entered: int, uid: int) -> None:
         self.member = member
         self.name = name
         self.order = order
-        self.hears_since = hears_since
+        self.entered = entered
         self.uid = uid
-        self.entered = hears_since
 
 
 class ChatRoom:
