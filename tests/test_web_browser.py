@@ -215,3 +215,16 @@ def test_two_browser_pages_and_a_tcp_client_chat_through_gserver(
     assert console_problems(alice) == []
     nc.close()
     shows(alice, "nc left the chat")
+
+
+def test_a_page_left_for_another_leaves_the_chat_at_once(
+    start_server: Callable[..., ServerProcess], browsers: Callable[[], Any]
+) -> None:
+    web = free_port()
+    server = start_server("--mode", "chat", "--web-port", str(web))
+    server.wait_for_log("web_listening")
+    page = browsers()
+    join(page, web, "wanderer")
+    with chat_join(server.port, "watcher") as watcher:
+        page.get("about:blank")  # off to another page, perhaps into the back/forward cache
+        assert watcher.read_line() == "wanderer left the chat\n"

@@ -178,5 +178,14 @@
     connect();
   });
 
+  // Leaving the page (even into the back/forward cache) is leaving the chat: close now,
+  // so that the others see the leave at once; coming back shows the closed state.
+  window.addEventListener("pagehide", function () {
+    if (socket) socket.close(1000, "page left");
+  });
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted && !socket) setState("disconnected");
+  });
+
   connect();
 })();
