@@ -10,11 +10,9 @@ the server (``cli.py``); the server starts and stops them, and knows nothing els
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -22,33 +20,25 @@ import gevent
 from gevent.event import Event
 
 from gserver import compat
-from gserver.admission import SERVER_FULL, Admission, refuse
+from gserver.admission import Admission
 from gserver.connection import (
-    RECV_SIZE,
     CloseReason,
     Connection,
     ConnectionContext,
-    format_peer,
     send_to_all,
 )
 from gserver.counters import Snapshot, Stats, add_traffic
-from gserver.handshake import prepare
 from gserver.listener import Acceptor, StartError, open_listener, raise_open_file_limit, tune
 from gserver.logs import get_logger
 from gserver.registry import ChatRoom, ClusterLink, Registry
+from gserver.serving import OPTIONS_INHERITED, SHUTTING_DOWN, Clients, Front, Handler
 from gserver.settings import IDLE_TIMEOUT_FOR_HANDLERS, Settings, SettingsError
 from gserver.sweeper import TIMEOUT_NOTICE, sweep_forever
 from gserver.tls import make_context
 
-Handler = Callable[[Connection], None]
-SHUTTING_DOWN = "Server shutting down\n"
 # After the grace period, how long aborted clients get to unwind, and then how long
 # handlers that were killed get, before the server stops without them.
 UNWIND_SECONDS = 0.25
-# Linux gives every accepted socket the listener's TCP_NODELAY and keepalive options:
-# there they are set once on the listener, not with five system calls per client.
-OPTIONS_INHERITED = sys.platform.startswith("linux")
-
 __all__ = ["Companion", "Front", "Handler", "Server", "StartError", "Stats"]
 
 
@@ -58,45 +48,6 @@ class Companion(Protocol):
     def start(self, server: Server) -> None: ...
 
     def stop(self) -> None: ...
-
-
-class Front(Protocol):
-    """Another kind of client served on the server's own listener (web clients when the
-    web port is the port), told apart by the first bytes each client sends."""
-
-    def claims(self, first: bytes) -> bool: ...
-
-    def serve(self, server: Server, sock: Any, address: Any, first: bytes) -> None:
-        """Serve this client to its end (``first``: what was read of it already)."""
-
-
-def sniff(sock: Any, timeout: float) -> bytes:
-    """The first bytes a new client sends within ``timeout`` seconds; b"" when it sends
-    nothing (or closes) by then."""
-    if compat.is_ssl_socket(sock):
-        sock.settimeout(timeout)
-        try:
-            return bytes(sock.recv(RECV_SIZE))
-        except OSError:  # the timeout, or a broken client that the handler will meet
-            return b""
-        finally:
-            sock.settimeout(None)
-    try:
-        return bytes(sock.recv(RECV_SIZE))
-    except BlockingIOError:
-        pass
-    except OSError:
-        return b""
-    watcher = compat.io_watcher(sock.fileno(), compat.READ)
-    try:
-        with gevent.Timeout(timeout, False):
-            compat.wait_on(watcher)
-    finally:
-        watcher.close()
-    try:
-        return bytes(sock.recv(RECV_SIZE))
-    except OSError:
-        return b""
 
 
 class Server:
@@ -139,18 +90,16 @@ class Server:
             handler, "shutdown_notice", SHUTTING_DOWN
         )
         self.context = ConnectionContext(s, self.registry, self.stats, self.log)
+        self.clients = Clients(handler, s, self.context, self.registry, self.stats, self.log, front)
         self.stopping = False
-        self._live: dict[Connection, None] = {}
-        self._drained = Event()  # set whenever no client is being served
-        self._drained.set()
         self._stopped = Event()
-        self._admission: Admission | None = None
         self._acceptor: Acceptor | None = None
         self._listener: socket.socket | None = None
         self._background: list[gevent.Greenlet] = []
         self.tls_context: Any = None
         if s.tls_cert and s.tls_key:
             self.tls_context = make_context(s.tls_cert, s.tls_key)
+        self.clients.tls_context = self.tls_context
         self._interrupts = 0
         self._signal_watchers: list[Any] = []
 
@@ -166,7 +115,8 @@ class Server:
 
     @property
     def max_clients(self) -> int:
-        return self._admission.max_clients if self._admission else self.settings.max_clients
+        admission = self.clients.admission
+        return admission.max_clients if admission else self.settings.max_clients
 
     def start(self, listener: socket.socket | None = None) -> None:
         """Listen and start serving in the background; returns at once."""
@@ -175,7 +125,7 @@ class Server:
         # The per-IP count waits for the real address where it comes later: in a PROXY
         # header, or from a proxy's X-Forwarded-For when web clients share the port.
         ip_known = not s.proxy_protocol and self.front is None
-        self._admission = Admission(s, max_clients, self.stats, self.log, ip_known)
+        self.clients.admission = Admission(s, max_clients, self.stats, self.log, ip_known)
         self._listener = listener or open_listener(s.host, s.port, s.backlog)
         if OPTIONS_INHERITED:
             tune(self._listener, s.keepalive)
@@ -183,11 +133,12 @@ class Server:
             companion.start(self)
         if self.registry.link is not None:
             self.registry.link.start(self.registry)
-        self._acceptor = Acceptor(self._listener, self._admit, self.serve_accepted, self.log)
+        clients = self.clients
+        self._acceptor = Acceptor(self._listener, clients.admit, clients.serve_accepted, self.log)
         self._acceptor.start()
         self.spawn_background(
             sweep_forever,
-            self.connections_now,
+            self.clients.connections,
             self.idle_timeout,
             s.write_timeout,
             self.stats,
@@ -240,7 +191,7 @@ class Server:
             self.log.info("sighup_ignored", reason="TLS is not configured")
             return
         try:
-            self.tls_context = make_context(s.tls_cert, s.tls_key)
+            self.tls_context = self.clients.tls_context = make_context(s.tls_cert, s.tls_key)
         except SettingsError as exc:
             self.log.error("tls_reload_failed", error=str(exc))
         else:
@@ -259,7 +210,7 @@ class Server:
             gevent.spawn(self.stop, "SIGINT")
 
     def _exit_now(self, why: str) -> None:
-        self.log.warning("exit_now", signal=why, clients=len(self._live))
+        self.log.warning("exit_now", signal=why, clients=len(self.clients.live))
         os._exit(1)
 
     def stop(self, why: str = "stop") -> None:
@@ -275,32 +226,34 @@ class Server:
 
     def _stop_gracefully(self, why: str) -> None:
         grace = self.settings.shutdown_grace
-        self.log.info("shutting_down", signal=why, clients=len(self._live), grace=grace)
+        self.log.info("shutting_down", signal=why, clients=len(self.clients.live), grace=grace)
         if self._acceptor is not None:
             self._acceptor.close()
         for greenlet in self._background:
             greenlet.kill(block=False)
-        for conn in list(self._live):
+        for conn in list(self.clients.live):
             if self.shutdown_notice:
                 conn.send(self.shutdown_notice)
             conn.close(CloseReason.SHUTDOWN)
         self.context.flush_queue.flush()
-        self._drained.wait(timeout=grace)
-        unfinished = len(self._live)
-        for conn in list(self._live):
+        self.clients.drained.wait(timeout=grace)
+        unfinished = len(self.clients.live)
+        for conn in list(self.clients.live):
             conn.abort(CloseReason.SHUTDOWN)
-        if not self._drained.wait(timeout=UNWIND_SECONDS):
+        if not self.clients.drained.wait(timeout=UNWIND_SECONDS):
             # Handlers still running past their sockets' end: kill them, and do not wait
             # for one that catches the kill and goes on.
-            for conn in list(self._live):
+            for conn in list(self.clients.live):
                 compat.kill_soon(conn.greenlet)
-            self._drained.wait(timeout=UNWIND_SECONDS)
+            self.clients.drained.wait(timeout=UNWIND_SECONDS)
         for stop in self._parts_to_stop():
             try:
                 stop()
             except Exception:  # a part that fails to stop must not keep the others running
                 self.log.exception("stop_failed", part=getattr(stop, "__qualname__", "?"))
-        self.log.info("stopped", unfinished_at_grace_end=unfinished, still_running=len(self._live))
+        self.log.info(
+            "stopped", unfinished_at_grace_end=unfinished, still_running=len(self.clients.live)
+        )
 
     def _parts_to_stop(self) -> list[Callable[[], None]]:
         parts = [companion.stop for companion in self.companions]
@@ -322,7 +275,7 @@ class Server:
 
     def snapshot(self) -> Snapshot:
         """The counters now, with the traffic of clients still connected."""
-        live = list(self._live)
+        live = list(self.clients.live)
         stats = add_traffic(
             self.stats,
             sum(c.bytes_in for c in live),
@@ -337,152 +290,7 @@ class Server:
             link=link.state() if link is not None else None,
         )
 
-    # -- clients --------------------------------------------------------------------------
-
     @property
     def connections(self) -> list[Connection]:
         """Every client being served, including those still finishing."""
-        return list(self._live)
-
-    def connections_now(self) -> list[Connection]:
-        return list(self._live)
-
-    def _admit(self, sock: Any, address: Any) -> bool:
-        assert self._admission is not None
-        return self._admission.admit(sock, address, self.stopping)
-
-    def admit_unchecked(self, sock: Any, address: Any, full: bytes | None = SERVER_FULL) -> bool:
-        """Admission without the per-IP check, for listeners whose clients' real address is
-        known only later (a web client behind a proxy): see :meth:`admit_address`.  ``full``
-        is what a client is told when the server is full (the web port: an HTTP 503)."""
-        assert self._admission is not None
-        return self._admission.admit(sock, address, self.stopping, check_ip=False, full=full)
-
-    def admit_address(self, address: Any) -> bool:
-        """Count a client under its real address, once known; False when that address is
-        over ``max_clients_per_ip`` (then refuse it, and do not call release_address)."""
-        assert self._admission is not None
-        if self._admission.over_per_ip_limit(address):
-            self.stats.refused_per_ip += 1
-            self.log.info("refused", client=format_peer(address), reason="max_clients_per_ip")
-            return False
-        self._admission.count_ip(address, +1)
-        return True
-
-    def release_address(self, address: Any) -> None:
-        assert self._admission is not None
-        self._admission.count_ip(address, -1)
-
-    def serve_accepted(self, sock: Any, address: Any, front: Front | None = None) -> None:
-        """The greenlet of one client: set up, run the handler, clean up whatever happens.
-
-        ``front`` serves clients of a listener of its own (the web port); otherwise the
-        server's own front, if any, is asked about each client by its first bytes."""
-        assert self._admission is not None
-        try:
-            self._prepare_and_serve(sock, address, front)
-        except Exception:  # a bug of ours: logged, never a bare traceback on stderr
-            self.log.exception("internal_error", client=format_peer(address))
-            with contextlib.suppress(OSError):
-                sock.close()
-        finally:
-            self._admission.gone(address, front is None and self._admission.ip_known_at_accept)
-
-    def _prepare_and_serve(self, sock: Any, address: Any, front: Front | None) -> None:
-        s = self.settings
-        if self.stopping:  # accepted just before the stop began
-            sock.close()
-            return
-        if front is not None or not OPTIONS_INHERITED:  # a listener of the front's own
-            tune(sock, s.keepalive)
-        if s.proxy_protocol or self.tls_context is not None:
-            prepared = prepare(
-                sock,
-                address,
-                proxy_protocol=s.proxy_protocol,
-                tls_context=self.tls_context,
-                timeout=s.handshake_timeout or None,
-                stats=self.stats,
-                log=self.log,
-            )
-            if prepared is None:
-                return
-            sock, address = prepared.sock, prepared.address
-            if self.stopping:  # the stop began during the handshake
-                with gevent.Timeout(s.handshake_timeout or 1, False):
-                    sock.sendall(SHUTTING_DOWN.encode())
-                refuse(sock, None)
-                return
-        if front is not None:
-            front.serve(self, sock, address, b"")
-            return
-        first = b""
-        if self.front is not None:
-            first = sniff(sock, s.sniff_timeout)
-            if first and self.front.claims(first):
-                # Handed over, not also held here: a browser's request need not live as
-                # long as its WebSocket.
-                sniffed = [first]
-                del first
-                self.front.serve(self, sock, address, sniffed.pop())
-                return
-        assert self._admission is not None
-        if self._admission.ip_known_at_accept:
-            self.serve_connection(Connection(self.context, sock, address, first))
-        elif self.admit_address(address):
-            try:
-                self.serve_connection(Connection(self.context, sock, address, first))
-            finally:
-                self.release_address(address)
-        else:
-            with gevent.Timeout(s.handshake_timeout or 1, False):
-                sock.sendall(SERVER_FULL)
-            refuse(sock, None)
-
-    def serve_connection(self, conn: Connection) -> None:
-        """Run the handler for one client, then deliver its last output and let it go."""
-        self._live[conn] = None
-        self._drained.clear()
-        self.registry.add(conn)
-        self.stats.connections_total += 1
-        if conn.transport != "tcp":
-            self.stats.connections_by_transport[conn.transport] = (
-                self.stats.connections_by_transport.get(conn.transport, 0) + 1
-            )
-        self.log.info("connect", client=conn.peer, transport=conn.transport)
-        try:
-            self.handler(conn)
-        except Exception:
-            self.stats.handler_errors += 1
-            conn.close_reason = conn.close_reason or CloseReason.HANDLER_ERROR
-            conn.log.exception("handler_error")
-        finally:
-            self.registry.remove(conn)
-            try:
-                conn.finish()
-            finally:
-                self._forget(conn)
-
-    def _forget(self, conn: Connection) -> None:
-        """The client is gone: count it out, keep its totals, log its disconnect."""
-        del self._live[conn]
-        if not self._live:
-            self._drained.set()
-        stats = self.stats
-        stats.bytes_in += conn.bytes_in
-        stats.bytes_out += conn.bytes_out
-        stats.messages_out += conn.messages_out
-        # conn.log.info(...), without binding a logger for one line where the client has
-        # none of its own: the same fields, in the same order.
-        log, context = conn._log, {}
-        if log is None:
-            log, context = self.log, {"client": conn.peer}
-        log.info(
-            "disconnect",
-            **context,
-            reason=str(conn.close_reason),
-            transport=conn.transport,
-            duration=round(compat.loop_now() - conn.connected_at, 3),
-            bytes_in=conn.bytes_in,
-            bytes_out=conn.bytes_out,
-        )
+        return self.clients.connections()

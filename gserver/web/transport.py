@@ -55,6 +55,7 @@ from gserver.web import assets
 
 if TYPE_CHECKING:
     from gserver.server import Server
+    from gserver.serving import Clients
 
 # An HTTP request line, as the first bytes of a client on a shared port (as sslh tells
 # protocols apart).  Anything else is input to the mode.
@@ -241,10 +242,11 @@ class WebFront:
             except StartError as exc:
                 raise StartError(f"web_port: {exc}") from None
             full = None if server.tls_context is not None else SERVER_FULL_RESPONSE
+            clients = server.clients
             self._acceptor = Acceptor(
                 listener,
-                lambda sock, address: server.admit_unchecked(sock, address, full),
-                lambda sock, address: server.serve_accepted(sock, address, self),
+                lambda sock, address: clients.admit_unchecked(sock, address, full),
+                lambda sock, address: clients.serve_accepted(sock, address, self),
                 self.log,
             )
             self._acceptor.start()
@@ -269,7 +271,7 @@ class WebFront:
     def claims(self, first: bytes) -> bool:
         return looks_like_http(first)
 
-    def serve(self, server: Server, sock: Any, address: Any, first: bytes) -> None:
+    def serve(self, clients: Clients, sock: Any, address: Any, first: bytes) -> None:
         """HTTP until a WebSocket is accepted (then a client of the mode), or the end."""
         assert self._endpoint is not None
         session = self._endpoint.session()
@@ -288,7 +290,7 @@ class WebFront:
         del accepted, first
         if real_ip != peer_ip:
             address = (real_ip, 0)
-        if not server.admit_address(address):
+        if not clients.admit_address(address):
             text = frame_message(SERVER_FULL_TEXT.rstrip(b"\n"), text=True)
             with contextlib.suppress(OSError), gevent.Timeout(1, False):
                 sock.sendall(text + session.close(SERVER_FULL_CLOSE))
@@ -303,14 +305,14 @@ class WebFront:
             family, kind = sock.family, sock.type
             sock = compat.RawSocket(family, kind, 0, sock.detach())
             sock.setblocking(False)
-        conn = WebSocketConnection(server.context, sock, address, session, events)
+        conn = WebSocketConnection(clients.context, sock, address, session, events)
         del events
         self._clients[conn] = None
         try:
-            server.serve_connection(conn)
+            clients.serve_connection(conn)
         finally:
             del self._clients[conn]
-            server.release_address(address)
+            clients.release_address(address)
 
     def _serve_http(
         self, session: WebSession, sock: Any, address: Any, first: bytes
