@@ -225,6 +225,23 @@ def format_peer(address: Any) -> str:
     return str(address) or "unix"
 
 
+# How each exact read takes from the buffer: (buffer, its argument, its limit) -> what it
+# took, LINE_TOO_LONG, or None while it is not all there.
+_Take = Callable[[ReceiveBuffer, Any, int], Frame | None]
+
+
+def _take_line(buffer: ReceiveBuffer, _unused: Any, limit: int) -> Frame | None:
+    return buffer.take_line(limit)
+
+
+def _take_exactly(buffer: ReceiveBuffer, count: int, _limit: int) -> Frame | None:
+    return buffer.take_exactly(count)
+
+
+def _take_until(buffer: ReceiveBuffer, separator: bytes, limit: int) -> Frame | None:
+    return buffer.take_until(separator, limit)
+
+
 class Connection:
     """One connected client, as a handler sees it."""
 
@@ -465,7 +482,7 @@ class Connection:
                 return found
             if found is not None:
                 raise LimitExceeded(most)
-        return self._read(lambda buffer: buffer.take_line(most), most, timeout)
+        return self._read(_take_line, None, most, timeout)
 
     def read_exactly(self, count: int, timeout: float | None = None) -> bytes:
         """Exactly ``count`` bytes.  Raises :class:`IncompleteRead` at end of stream,
@@ -477,7 +494,7 @@ class Connection:
             found = buffer.take_exactly(count)
             if found is not None:
                 return found
-        return self._read(lambda buffer: buffer.take_exactly(count), count, timeout)
+        return self._read(_take_exactly, count, count, timeout)
 
     def read_until(
         self, separator: bytes, limit: int | None = None, timeout: float | None = None
@@ -490,7 +507,7 @@ class Connection:
         if not separator:
             raise ValueError("read_until() needs a non-empty separator")
         most = self._context.settings.max_line_bytes if limit is None else limit
-        return self._read(lambda buffer: buffer.take_until(separator, most), most, timeout)
+        return self._read(_take_until, separator, most, timeout)
 
     def send(self, data: str | bytes) -> None:
         """Queue ``data`` for the client; never blocks.  Ignored once the connection closes."""
@@ -575,19 +592,19 @@ class Connection:
             self._buffer = ReceiveBuffer()
         return self._buffer
 
-    def _read(
-        self, take: Callable[[ReceiveBuffer], Frame | None], limit: int, timeout: float | None
-    ) -> bytes:
-        buffer = self._receive_buffer()
-        found = take(buffer)
+    def _read(self, take: _Take, arg: Any, limit: int, timeout: float | None) -> bytes:
+        # The taker is a module function and the buffer is made by the first bytes: a
+        # handler parked in an exact read holds nothing that one parked in receive() does not.
+        buffer = self._buffer
+        found = None if buffer is None else take(buffer, arg, limit)
         if found is None:  # not here yet: wait for it (the only case that switches)
             if timeout is None:
-                found = self._read_more_until(buffer, take)
+                found = self._read_more_until(take, arg, limit)
             else:
                 deadline = gevent.Timeout(timeout)
                 deadline.start()
                 try:
-                    found = self._read_more_until(buffer, take)
+                    found = self._read_more_until(take, arg, limit)
                 except gevent.Timeout as exc:
                     if exc is not deadline:
                         raise
@@ -600,17 +617,16 @@ class Connection:
             raise LimitExceeded(limit)
         return found  # type: ignore[return-value]
 
-    def _read_more_until(
-        self, buffer: ReceiveBuffer, take: Callable[[ReceiveBuffer], Frame | None]
-    ) -> Frame:
+    def _read_more_until(self, take: _Take, arg: Any, limit: int) -> Frame:
         while True:
             chunk = self._receive()
             if not chunk:
-                raise IncompleteRead(buffer.take_all())
+                raise IncompleteRead(self._buffer.take_all() if self._buffer else b"")
             if self._messages_are_lines and not chunk.endswith(b"\n"):
                 chunk += b"\n"
+            buffer = self._receive_buffer()
             buffer.feed(chunk)
-            found = take(buffer)
+            found = take(buffer, arg, limit)
             if found is not None:
                 return found
 

@@ -248,3 +248,41 @@ def test_text_is_sent_as_utf8_with_escaped_bytes_restored_and_lines_read_alike(s
 def test_a_handler_served_as_a_library_gets_the_handlers_default_idle_timeout() -> None:
     server = Server(lambda conn: None, Settings())
     assert server.idle_timeout == 30.0  # not chat mode's 600 s
+
+
+def _memory_per_parked_client(handler: Callable[[Connection], object], count: int = 200) -> float:
+    """Python memory that each client parked in ``handler`` holds (traced allocations)."""
+    import gc
+    import tracemalloc
+
+    server = Server(handler, Settings(host="127.0.0.1", port=0, idle_timeout=0))
+    server.start()
+    clients = []
+    try:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        clients = [connect(server) for _ in range(count)]
+        deadline = time.monotonic() + WAIT
+        while len(server.connections) < count and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        gevent.sleep(0.1)  # let each handler reach its read and park there
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        for client in clients:
+            client.close()
+        server.stop()
+    return used / count
+
+
+def test_a_handler_parked_in_an_exact_read_costs_what_one_in_receive_does() -> None:
+    _memory_per_parked_client(lambda conn: conn.receive(), 50)  # warm up once-only costs
+    in_receive = _memory_per_parked_client(lambda conn: conn.receive())
+    for read in (
+        lambda conn: conn.read_line(),
+        lambda conn: conn.read_exactly(4),
+        lambda conn: conn.read_until(b"\r\n"),
+    ):
+        assert _memory_per_parked_client(read) <= in_receive + 64
