@@ -865,10 +865,13 @@ class Backplane:
         self._enqueue(_Store(lambda pipe: self._scripts["record"](keys, args, client=pipe)))
 
     def ban(self, address: str, until_ms: int) -> None:
+        """While Redis is away, this node's bans reach it when it is back (_announce_rooms)."""
         self._enqueue(_Store(lambda pipe: pipe.hset(self.bans_key, address, until_ms)))
         self.publish(Ban(address, until_ms))
 
     def unban(self, address: str) -> None:
+        """While Redis is away, lifted on this node alone: when it is back, the bans that
+        any node holds are every node's again."""
         self._enqueue(_Store(lambda pipe: pipe.hdel(self.bans_key, address)))
         self.publish(Unban(address))
 
@@ -895,16 +898,20 @@ class Backplane:
         rooms = room.rooms
         self.client.hsetnx(self.rooms_key, rooms.default_key, rooms.default)
         stored = self._stored_bans()
+        told: list[Event] = []  # to the nodes that have announced already
         pipe = self.client.pipeline(transaction=False)
         for address, until in room.local_bans().items():
             until_ms = round(until * 1000)
-            if stored.get(address, 0) < until_ms:
+            if stored.get(address, 0) + 1000 < until_ms:  # not one that Redis has already
                 pipe.hset(self.bans_key, address, until_ms)
                 stored[address] = until_ms
+                told.append(Ban(address, until_ms))
         for display, _ in rooms.listing():
             topic = rooms.topic(display)
             if topic is not None:
                 self._set_topic(room_key(display), topic, only_if_none=True, pipe=pipe)
+        if told:
+            pipe.publish(self.channel, encode_message(self.node, told))
         pipe.execute()
         now_ms = time.time() * 1000
         room.replace_bans({a: until / 1000 for a, until in stored.items() if until > now_ms})
@@ -941,13 +948,19 @@ class Backplane:
         for uid in [uid for uid in seated if uid not in here]:
             self._stand(seated.pop(uid)[0], uid)
             wrote = True
-        bans = set(room.local_bans())
-        for address in bans - self._bans_announced:
-            until_ms = round(room.local_bans()[address] * 1000)
-            self.client.hset(self.bans_key, address, until_ms)
+        bans = room.local_bans()
+        told: list[Event] = []
+        pipe = self.client.pipeline(transaction=False)
+        for address in set(bans) - self._bans_announced:
+            until_ms = round(bans[address] * 1000)
+            pipe.hset(self.bans_key, address, until_ms)
+            told.append(Ban(address, until_ms))
+        for address in self._bans_announced - set(bans):
+            pipe.hdel(self.bans_key, address)
+            told.append(Unban(address))
+        if told:
+            pipe.publish(self.channel, encode_message(self.node, told))
+            pipe.execute()
             wrote = True
-        for address in self._bans_announced - bans:
-            self.client.hdel(self.bans_key, address)
-            wrote = True
-        self._bans_announced = bans
+        self._bans_announced = set(bans)
         return wrote

@@ -420,13 +420,15 @@ def test_redis_that_lost_everything_gets_rooms_and_bans_back_from_the_nodes(
     start_server, redis_server: Redis, password_hash: str
 ) -> None:
     """While Redis is away each node serves its own members alone; when it is back (empty:
-    this one saves nothing), the nodes put their members' seats, rooms and bans back."""
+    this one saves nothing), the nodes put their members' seats, rooms and bans back, and
+    a ban set meanwhile holds on every node."""
     options = ("--oper-password", password_hash)
     one = chat_node(start_server, redis_server, *options)
     two = chat_node(start_server, redis_server, *options)
     op = chat_join(one.port, "op")
     bob = chat_join(two.port, "bob")
     mallory = join_from(two.port, "mallory", "127.0.0.2")
+    trudy = join_from(one.port, "trudy", "127.0.0.3")
     op.send_line(f"/oper {PASSWORD}")
     op.send_line("/ban mallory")
     assert read_until(op, "mallory was banned") == "mallory was banned by op\n"
@@ -444,6 +446,9 @@ def test_redis_that_lost_everything_gets_rooms_and_bans_back_from_the_nodes(
     assert read_reply(op) == "Online users: @op\n"
     bob.send_line("/join #ops")  # a room made while Redis is away
     assert read_reply(bob) == "You joined #ops\n"
+    op.send_line("/ban trudy")  # on this node alone, for now
+    assert read_until(trudy, "You were") == "You were banned by op\n"
+    trudy.close()
 
     redis_server.start()
     for server in (one, two):
@@ -454,9 +459,10 @@ def test_redis_that_lost_everything_gets_rooms_and_bans_back_from_the_nodes(
     assert read_reply(bob) == "You joined #dev\n"
     op.send_line("/users")
     assert read_reply(op) == "Online users: @op, bob\n"
-    three = chat_node(start_server, redis_server)  # knows the ban from Redis alone
-    with ClientFrom(three.port, "127.0.0.2") as again:
-        assert again.read_to_close() == "You are banned\n"
+    three = chat_node(start_server, redis_server)  # knows the bans from Redis alone
+    for server in (two, three):
+        for address in ("127.0.0.2", "127.0.0.3"):
+            assert greeting(server.port, address) == "You are banned\n"
     op.close()
     bob.close()
 
