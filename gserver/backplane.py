@@ -5,6 +5,8 @@ Redis pub/sub channel; what comes in from the channel is delivered to local clie
 wire format is ``protocol/cluster.py``'s: every event of one loop turn in one PUBLISH.
 Names live in a Redis hash, each tagged with its holder's node; a node proves it is alive
 with a heartbeat key that expires, so a crashed node's users vanish within ``NODE_TTL``.
+Rooms too: each member's seat (tagged likewise), each room's name as first written, its
+topic and its last lines, and the bans, which every node mirrors for its connects.
 
 Delivery across nodes is what Redis pub/sub gives: at most once.  Within a node it stays
 exactly once and in order, whatever Redis does.  While Redis is away each node goes on
