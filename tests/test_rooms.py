@@ -84,8 +84,12 @@ def test_join_moves_you_and_tells_both_rooms() -> None:
     assert a.take() == ["bob went to #dev\n"]
     bob.receive("/join #dev")
     assert b.take() == ["You are already in #dev\n"]
-    bob.receive("/join #no!")
-    assert b.take() == ["Invalid room name (# and 1-32 letters, digits, - _ .)\n"]
+    for bad in ("#no!", "dev\u200b", "#\u202edev", "#" + "x" * 33, "#", "#a b"):
+        bob.receive(f"/join {bad}")
+        assert b.take() in (
+            ["Invalid room name (# and 1-32 letters, digits, - _ .)\n"],
+            ["Usage: /join #ROOM\n"],  # a space makes two arguments
+        ), bad
     bob.receive("/join")
     assert b.take() == ["Usage: /join #ROOM\n"]
 
