@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.catalog import scenarios
 from bench.procs import (
     BENCH,
     REPO,
@@ -21,7 +22,7 @@ from bench.procs import (
     redis_available,
 )
 from bench.report import chart, markdown, stdout_summary
-from bench.scenarios import Config, run_scenario, scenarios
+from bench.scenarios import Config, run_scenario
 
 ALL = ("echo", "chat", "cluster", "idle", "startup", "churn", "kv", "ws-chat", "ws-idle", "tcp-web")
 

@@ -416,9 +416,8 @@ class Scenario:
     warm_up_start: bool = False
 
 
-def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, Scenario]:
-    from bench.churn import churn_scenarios  # these build on this module's parts
-    from bench.ws import ws_scenarios
+def core_scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, Scenario]:
+    """The scenarios this module measures itself (bench/catalog.py lists them all)."""
 
     us = "{:,.0f}"
     chat_cols = [
@@ -659,8 +658,6 @@ def scenarios(gserver_cwd: Path, baseline_cwd: Path | None = None) -> dict[str, 
             ],
             requires=redis_benchmark_available,
         ),
-        **ws_scenarios(gserver_cwd, baseline_cwd),
-        **churn_scenarios(gserver_cwd),
     }
 
 

@@ -72,9 +72,10 @@ def test_cluster_scenario_skipped_without_redis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without redis-server the cluster scenario starts nothing and says why in the report."""
+    from bench.catalog import scenarios
     from bench.procs import redis_available
     from bench.report import markdown
-    from bench.scenarios import Config, run_scenario, scenarios
+    from bench.scenarios import Config, run_scenario
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server there
     why = redis_available()
