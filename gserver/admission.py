@@ -10,6 +10,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import gevent
+
+from gserver import compat
 from gserver.connection import format_peer
 from gserver.counters import Stats
 from gserver.settings import Settings
@@ -21,15 +24,52 @@ def client_ip(address: Any) -> str:
     return format_peer(address).rpartition(":")[0]
 
 
+# Refused clients whose last words are still on their way: each holds a descriptor for up
+# to REFUSAL_LINGER_SECONDS, so past this many at once (a flood while full) they are closed
+# at once instead.
+MAX_LINGERING_REFUSALS = 64
+REFUSAL_LINGER_SECONDS = 1.0
+_lingering = 0
+
+
 def refuse(sock: Any, message: bytes | None) -> None:
-    """Say ``message`` (if any) to a client that is not admitted, and close it."""
+    """Say ``message`` (if any) to a client that is not admitted, and close it.
+
+    Closing with the client's request unread would answer it with a reset, which can
+    destroy ``message`` on its way: so, while few are waiting, the rest of what the client
+    sends is read and dropped for a moment (a greenlet of its own) before the close."""
+    global _lingering
     try:
         if message:
             sock.send(message)
         sock.shutdown(socket.SHUT_WR)
     except OSError:
+        sock.close()
+        return
+    if _lingering >= MAX_LINGERING_REFUSALS or not hasattr(sock, "recv_into"):
+        sock.close()
+        return
+    _lingering += 1
+    gevent.spawn_raw(_linger_then_close, sock)
+
+
+def _linger_then_close(sock: Any) -> None:
+    global _lingering
+    watcher = compat.io_watcher(sock.fileno(), compat.READ)
+    try:
+        with gevent.Timeout(REFUSAL_LINGER_SECONDS, False):
+            while True:
+                try:
+                    if not sock.recv(4096):
+                        break
+                except BlockingIOError:
+                    compat.wait_on(watcher)
+    except OSError:
         pass
-    sock.close()
+    finally:
+        watcher.close()
+        _lingering -= 1
+        sock.close()
 
 
 class Admission:
