@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-import precis_i18n
-
 from gserver.protocol.rooms import INVALID_ROOM, room_display
 from gserver.protocol.text import iso_utc_ms, loggable, sanitize
 
@@ -172,7 +170,15 @@ class Command:
 # printable ASCII; no spaces, controls, default-ignorable or format characters, symbols or
 # punctuation beyond ASCII, and no compatibility forms but fullwidth and halfwidth ones, which
 # it maps to their usual forms, as it maps letters to lower case.
-_USERNAME = precis_i18n.get_profile("UsernameCaseMapped")
+@functools.cache
+def _username_profile() -> Any:
+    """The profile, loaded by the first non-ASCII name: ASCII names need none of it, and
+    a server in another mode need not pay for loading it at start."""
+    import precis_i18n
+
+    return precis_i18n.get_profile("UsernameCaseMapped")
+
+
 # What the profile lets through but draws nothing, or a blank cell, beside a Latin letter:
 # the joiners it allows after a virama or between Arabic letters (default-ignorable, and
 # removed from messages), the Khitan filler and script joiners (combining marks); and blanks
@@ -235,7 +241,7 @@ def _unicode_username(name: str) -> str | None:
     if unicodedata.category(name[0]).startswith("M") or not _NOT_IN_NAMES.isdisjoint(name):
         return None
     try:
-        return _USERNAME.enforce(name)
+        return _username_profile().enforce(name)  # type: ignore[no-any-return]
     except UnicodeError:  # what the profile disallows
         return None
 
