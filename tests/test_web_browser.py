@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,56 +19,35 @@ from typing import Any
 import pytest
 
 from gserver.testing.probes import free_port
-from tests.browser import lines, state, type_line, wait_for
-from tests.conftest import WAIT, ServerProcess, chat_join
+from tests.browser import (
+    lines,
+    needs_chromium,
+    start_chromium,
+    state,
+    stop_chromium,
+    type_line,
+    wait_for,
+)
+from tests.conftest import ServerProcess, chat_join
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 INJECTION = "<img src=x onerror=alert(1)>"
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def browsers() -> Iterator[Callable[[], Any]]:
     """A factory of headless Chromium browsers (each its own process and profile)."""
-    pytest.importorskip("selenium", reason="selenium not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
     started: list[tuple[Any, str]] = []
 
     def start() -> Any:
-        profile = tempfile.mkdtemp(prefix="gserver-chromium-")
-        options = Options()
-        options.binary_location = str(CHROMIUM)
-        for flag in (
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-        ):
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-        driver.set_page_load_timeout(WAIT)
-        started.append((driver, profile))
-        return driver
+        started.append(start_chromium())
+        return started[-1][0]
 
     yield start
     for driver, profile in started:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        stop_chromium(driver, profile)
 
 
 def shows(driver: Any, text: str) -> None:

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
@@ -42,12 +41,18 @@ from gserver.protocol.websocket import (
     encode_output,
     message_lines,
 )
-from tests.browser import lines, state, type_line, wait_for
+from tests.browser import (
+    lines,
+    needs_chromium,
+    start_chromium,
+    state,
+    stop_chromium,
+    type_line,
+    wait_for,
+)
+from tests.conftest import WAIT
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-WAIT = 10.0
 INJECTION = "<img src=x onerror=alert(1)>"
 
 
@@ -377,44 +382,14 @@ def session_server(chat: ToyChat) -> Iterator[int]:
 
 # The browser --------------------------------------------------------------------------------
 
-needs_chromium = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
-)
-
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    selenium = pytest.importorskip("selenium", reason="selenium not installed")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    del selenium
-    from selenium import webdriver
-
-    profile = tempfile.mkdtemp(prefix="gserver-chromium-")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(WAIT)
+    driver, profile = start_chromium()
     try:
         yield driver
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        stop_chromium(driver, profile)
 
 
 def log_scroll(driver: Any) -> dict[str, float]:
