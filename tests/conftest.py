@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,22 @@ from gserver.testing.process import WAIT, ServerProcess
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 REDIS_SERVER = shutil.which("redis-server")
+
+
+# The README's example handler, as a file for tests that serve it.
+SHOUT = textwrap.dedent(
+    """
+    from gserver import Connection
+
+    def shout(conn: Connection) -> None:
+        conn.send("Say something!\\n")
+        for line in conn.lines():
+            if line == "bye":
+                conn.close()
+            else:
+                conn.registry.broadcast(line.upper())
+    """
+)
 
 
 def gserver_command(*args: str) -> list[str]:

@@ -13,21 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, WAIT, Client, ServerProcess, chat_join, clean_env
-
-SHOUT = textwrap.dedent(
-    """
-    from gserver import Connection
-
-    def shout(conn: Connection) -> None:
-        conn.send("Say something!\\n")
-        for line in conn.lines():
-            if line == "bye":
-                conn.close()
-            else:
-                conn.registry.broadcast(line.upper())
-    """
-)
+from tests.conftest import REPO, SHOUT, WAIT, Client, ServerProcess, chat_join, clean_env
 
 
 def test_own_handler_with_lines_send_close_and_broadcast(gserver_serve, tmp_path: Path) -> None:

@@ -8,22 +8,9 @@ import textwrap
 import pytest
 
 from gserver.testing.kit import ReadFailed, setting_flags
+from tests.conftest import SHOUT
 
 pytest_plugins = ("pytester",)
-
-SHOUT = textwrap.dedent(
-    """
-    from gserver import Connection
-
-    def shout(conn: Connection) -> None:
-        conn.send("Say something!\\n")
-        for line in conn.lines():
-            if line == "bye":
-                conn.close()
-            else:
-                conn.registry.broadcast(line.upper())
-    """
-)
 
 
 def run_user_tests(pytester: pytest.Pytester, tests: str, **files: str) -> pytest.RunResult:
